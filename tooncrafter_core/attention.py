@@ -1,0 +1,247 @@
+"""Attention blocks of the ToonCrafter UNet: spatial transformers with dual (text + image)
+cross-attention and temporal transformers over the frame axis.
+
+Attribute names follow the checkpoint (`attn1`, `attn2`, `to_k_ip`, `ff.net.0.proj`, ...).
+All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .ops import Default, norm_fp32
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Multi-head softmax attention; q (b n (h d)), k/v (b m (h d)) -> (b n (h d))."""
+    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, d); scale d**-0.5 as the original
+    return rearrange(out, "b h n d -> b n (h d)")
+
+
+class CrossAttention(nn.Module):
+    """Self- or cross-attention; with `image_cross_attention` the context is split into text
+    tokens (`to_k`/`to_v`) and image tokens (`to_k_ip`/`to_v_ip`) and the two results are summed."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: Optional[int] = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
+        text_tokens: int = 77,
+        dtype=None,
+        device=None,
+        operations=Default,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        kw = dict(dtype=dtype, device=device)
+        self.heads = heads
+        self.text_tokens = text_tokens
+        self.image_cross_attention = image_cross_attention
+        self.to_q = operations.Linear(query_dim, inner, bias=False, **kw)
+        self.to_k = operations.Linear(context_dim, inner, bias=False, **kw)
+        self.to_v = operations.Linear(context_dim, inner, bias=False, **kw)
+        self.to_out = nn.Sequential(operations.Linear(inner, query_dim, **kw), nn.Identity())
+        if image_cross_attention:
+            self.to_k_ip = operations.Linear(context_dim, inner, bias=False, **kw)
+            self.to_v_ip = operations.Linear(context_dim, inner, bias=False, **kw)
+            if image_scale_learnable:
+                self.alpha = nn.Parameter(torch.zeros((), **kw))
+        self.image_scale_learnable = image_cross_attention and image_scale_learnable
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        q = self.to_q(x)
+        if context is None:
+            out = attention(q, self.to_k(x), self.to_v(x), self.heads)
+            return self.to_out(out)
+        text, image = context[:, : self.text_tokens], context[:, self.text_tokens :]
+        out = attention(q, self.to_k(text), self.to_v(text), self.heads)
+        if self.image_cross_attention:
+            out_ip = attention(q, self.to_k_ip(image), self.to_v_ip(image), self.heads)
+            if self.image_scale_learnable:
+                out_ip = out_ip * (torch.tanh(self.alpha.to(out_ip)) + 1)
+            out = out + out_ip
+        return self.to_out(out)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int, dtype=None, device=None, operations=Default):
+        super().__init__()
+        self.proj = operations.Linear(dim_in, dim_out * 2, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4, dtype=None, device=None, operations=Default):
+        super().__init__()
+        inner = dim * mult
+        # net.1 is the original's dropout slot, kept so net.2 stays where the checkpoint has it.
+        self.net = nn.Sequential(
+            GEGLU(dim, inner, dtype=dtype, device=device, operations=operations),
+            nn.Identity(),
+            operations.Linear(inner, dim, dtype=dtype, device=device),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, (cross-)attention, gated feed-forward; pre-LayerNorm residuals."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        dim_head: int,
+        context_dim: Optional[int] = None,
+        image_cross_attention: bool = False,
+        image_scale_learnable: bool = False,
+        text_tokens: int = 77,
+        dtype=None,
+        device=None,
+        operations=Default,
+    ):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.attn1 = CrossAttention(dim, None, heads, dim_head, **kw)
+        self.ff = FeedForward(dim, **kw)
+        self.attn2 = CrossAttention(
+            dim, context_dim, heads, dim_head, image_cross_attention, image_scale_learnable, text_tokens, **kw
+        )
+        self.norm1 = operations.LayerNorm(dim, dtype=dtype, device=device)
+        self.norm2 = operations.LayerNorm(dim, dtype=dtype, device=device)
+        self.norm3 = operations.LayerNorm(dim, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the h*w tokens of each frame, cross-attending to the frame's context."""
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int,
+        context_dim: int,
+        use_linear: bool,
+        image_cross_attention: bool,
+        image_scale_learnable: bool,
+        text_tokens: int,
+        dtype=None,
+        device=None,
+        operations=Default,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        kw = dict(dtype=dtype, device=device)
+        self.use_linear = use_linear
+        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **kw)
+        if use_linear:
+            self.proj_in = operations.Linear(channels, inner, **kw)
+            self.proj_out = operations.Linear(inner, channels, **kw)
+        else:
+            self.proj_in = operations.Conv2d(channels, inner, 1, **kw)
+            self.proj_out = operations.Conv2d(inner, channels, 1, **kw)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(
+                inner,
+                heads,
+                dim_head,
+                context_dim,
+                image_cross_attention,
+                image_scale_learnable,
+                text_tokens,
+                operations=operations,
+                **kw,
+            )
+            for _ in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """x ((b t) c h w), context ((b t) l c)."""
+        _, _, h, w = x.shape
+        x_in = x
+        x = norm_fp32(self.norm, x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "b c h w -> b (h w) c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class TemporalTransformer(nn.Module):
+    """Self-attention along the frame axis at every pixel (ToonCrafter uses self-attention only)."""
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int,
+        dim_head: int,
+        depth: int,
+        use_linear: bool,
+        dtype=None,
+        device=None,
+        operations=Default,
+    ):
+        super().__init__()
+        inner = heads * dim_head
+        kw = dict(dtype=dtype, device=device)
+        self.use_linear = use_linear
+        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **kw)
+        if use_linear:
+            self.proj_in = operations.Linear(channels, inner, **kw)
+            self.proj_out = operations.Linear(inner, channels, **kw)
+        else:
+            self.proj_in = operations.Conv1d(channels, inner, 1, **kw)
+            self.proj_out = operations.Conv1d(inner, channels, 1, **kw)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, operations=operations, **kw) for _ in range(depth)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b c t h w) -> (b c t h w)."""
+        b, _, t, h, w = x.shape
+        x_in = x
+        x = norm_fp32(self.norm, x)
+        x = rearrange(x, "b c t h w -> (b h w) c t")
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = rearrange(x, "n c t -> n t c")
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "n t c -> n c t")
+        if not self.use_linear:
+            x = self.proj_out(x)
+        x = rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w)
+        return x + x_in

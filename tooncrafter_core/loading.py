@@ -1,0 +1,318 @@
+"""Checkpoint loading: `.ckpt` (pickle, weights only), `.safetensors`, fp16 and pruned fp16 files.
+
+The model is built on the meta device and loaded with `assign=True`, so no weight is initialised
+or copied twice. Loading is strict except for the named table `CHECKPOINT_ONLY_KEYS`.
+Architecture comes from an original-format yaml with the checkpoint's stem when one sits beside
+it, else from the weight shapes (`infer_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from .config import (
+    ConfigError,
+    ModelConfig,
+    ResamplerConfig,
+    TextEncoderConfig,
+    UNetConfig,
+    VAEConfig,
+    VisionEncoderConfig,
+    from_original_yaml,
+)
+from .ops import Default
+from .pipeline import ToonCrafter
+from .schedule import SCHEDULE_KEYS, Schedule
+
+log = logging.getLogger(__name__)
+
+TEXT_PREFIX = "cond_stage_model."
+VISION_PREFIX = "embedder."
+
+# Keys a released checkpoint holds that no module of ours loads, and why.
+CHECKPOINT_ONLY_KEYS: dict[str, str] = {
+    **{k: "schedule buffer, recomputed in float64 from the config" for k in SCHEDULE_KEYS},
+    **{
+        VISION_PREFIX + "model." + k: "text-side leftover of the OpenCLIP image embedder, never used"
+        for k in (
+            "token_embedding.weight",
+            "positional_embedding",
+            "ln_final.weight",
+            "ln_final.bias",
+            "text_projection",
+            "logit_scale",
+        )
+    },
+}
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message says which file and what to do."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file on the CPU (the `state_dict` entry of a Lightning .ckpt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+            raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); download it again") from e
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path.name}: its pickle wants to run code or build objects other than "
+            f"tensors, which could be malicious. Use the .safetensors release of the model instead. ({e})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({e}); download it again") from e
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+    return dict(obj)
+
+
+def _count(keys: Iterable[str], pattern: str) -> int:
+    rx = re.compile(pattern)
+    return len({m.group(1) for k in keys if (m := rx.match(k))})
+
+
+def _infer_unet(shapes: Mapping[str, tuple], p: str = "model.diffusion_model.") -> UNetConfig:
+    s = lambda k: shapes[p + k]  # noqa: E731
+    keys = [k[len(p) :] for k in shapes if k.startswith(p)]
+    mc, in_ch = s("input_blocks.0.0.weight")[:2]
+    n_blocks = _count(keys, r"input_blocks\.(\d+)\.")
+    downs = sorted(int(m.group(1)) for k in keys if (m := re.match(r"input_blocks\.(\d+)\.0\.op\.weight$", k)))
+    nrb = (downs[0] - 1) if downs else n_blocks - 1
+    levels = len(downs) + 1
+    mult, attn_res = [], []
+    depth, temporal_attention, use_linear = 1, False, True
+    for level in range(levels):
+        idx = 1 + level * (nrb + 1)
+        mult.append(s(f"input_blocks.{idx}.0.out_layers.3.weight")[0] // mc)
+        if p + f"input_blocks.{idx}.1.norm.weight" in shapes:
+            attn_res.append(2**level)
+            depth = _count(keys, rf"input_blocks\.{idx}\.1\.transformer_blocks\.(\d+)\.")
+            temporal_attention = p + f"input_blocks.{idx}.2.norm.weight" in shapes
+            use_linear = len(s(f"input_blocks.{idx}.1.proj_in.weight")) == 2
+    ip = [k for k in keys if k.endswith("attn2.to_k_ip.weight")]
+    context_dim = s(ip[0])[1] if ip else s(next(k for k in keys if k.endswith("attn2.to_k.weight") and ".1.transformer" in k))[1]
+    head_ch = s("init_attn.0.proj_in.weight")[0] // UNetConfig.init_attn_heads if p + "init_attn.0.proj_in.weight" in shapes else 64
+    latents = shapes.get("image_proj_model.latents")
+    return UNetConfig(
+        in_channels=in_ch,
+        out_channels=s("out.2.weight")[0],
+        model_channels=mc,
+        attention_resolutions=tuple(attn_res),
+        num_res_blocks=nrb,
+        channel_mult=tuple(mult),
+        num_head_channels=head_ch,
+        transformer_depth=depth,
+        context_dim=context_dim,
+        use_linear=use_linear,
+        temporal_conv=any("temopral_conv" in k for k in keys),
+        temporal_attention=temporal_attention,
+        temporal_length=latents[1] // ResamplerConfig.num_queries if latents else 16,
+        addition_attention=p + "init_attn.0.norm.weight" in shapes,
+        image_cross_attention=bool(ip),
+        image_cross_attention_scale_learnable=any(k.endswith("attn2.alpha") for k in keys),
+        fs_condition=p + "fps_embedding.0.weight" in shapes,
+    )
+
+
+def _infer_vae(shapes: Mapping[str, tuple], p: str = "first_stage_model.") -> VAEConfig:
+    s = lambda k: shapes[p + k]  # noqa: E731
+    keys = [k[len(p) :] for k in shapes if k.startswith(p)]
+    if any(re.match(r"encoder\.down\.\d+\.attn\.", k) for k in keys):
+        raise ConfigError("VAE with attention blocks in the encoder levels: put the original yaml next to the checkpoint")
+    ch = s("encoder.conv_in.weight")[0]
+    levels = _count(keys, r"encoder\.down\.(\d+)\.")
+    fusion = sorted(int(m.group(1)) for k in keys if (m := re.match(r"decoder\.attn_refinement\.(\d+)\.to_q\.weight$", k)))
+    inner = s(f"decoder.attn_refinement.{fusion[0]}.to_q.weight")[0] if fusion else 512
+    return VAEConfig(
+        embed_dim=s("quant_conv.weight")[0] // 2,
+        z_channels=s("decoder.conv_in.weight")[1],
+        in_channels=s("encoder.conv_in.weight")[1],
+        out_ch=s("decoder.conv_out.weight")[0],
+        ch=ch,
+        ch_mult=tuple(s(f"encoder.down.{i}.block.0.conv1.weight")[0] // ch for i in range(levels)),
+        num_res_blocks=_count(keys, r"encoder\.down\.0\.block\.(\d+)\."),
+        attn_levels=tuple(fusion),
+        fusion_heads=inner // VAEConfig.fusion_dim_head,
+    )
+
+
+# OpenCLIP keeps head widths out of the weights; these are its conventions for the vision widths.
+_VISION_HEAD_WIDTH = {1280: 80, 1664: 104}
+
+
+def _infer_text(shapes: Mapping[str, tuple], p: str = "cond_stage_model.model.") -> TextEncoderConfig:
+    vocab, width = shapes[p + "token_embedding.weight"]
+    return TextEncoderConfig(
+        context_length=shapes[p + "positional_embedding"][0],
+        vocab_size=vocab,
+        width=width,
+        heads=width // 64,
+        layers=_count(shapes, rf"{re.escape(p)}transformer\.resblocks\.(\d+)\."),
+        mlp_ratio=shapes[p + "transformer.resblocks.0.mlp.c_fc.weight"][0] / width,
+        embed_dim=shapes[p + "text_projection"][1],
+    )
+
+
+def _infer_vision(shapes: Mapping[str, tuple], p: str = "embedder.model.visual.") -> VisionEncoderConfig:
+    width, _, patch, _ = shapes[p + "conv1.weight"]
+    grid = round((shapes[p + "positional_embedding"][0] - 1) ** 0.5)
+    return VisionEncoderConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        head_width=_VISION_HEAD_WIDTH.get(width, 64),
+        layers=_count(shapes, rf"{re.escape(p)}transformer\.resblocks\.(\d+)\."),
+        mlp_ratio=shapes[p + "transformer.resblocks.0.mlp.c_fc.weight"][0] / width,
+        embed_dim=shapes[p + "proj"][1],
+    )
+
+
+def _infer_resampler(shapes: Mapping[str, tuple], p: str = "image_proj_model.") -> ResamplerConfig:
+    dim, emb = shapes[p + "proj_in.weight"]
+    inner = shapes[p + "layers.0.0.to_q.weight"][0]
+    return ResamplerConfig(
+        dim=dim,
+        depth=_count(shapes, rf"{re.escape(p)}layers\.(\d+)\."),
+        dim_head=64,
+        heads=inner // 64,
+        embedding_dim=emb,
+        output_dim=shapes[p + "proj_out.weight"][0],
+        ff_mult=shapes[p + "layers.0.1.1.weight"][0] // dim,
+        video_length=shapes[p + "latents"][1] // ResamplerConfig.num_queries,
+    )
+
+
+def infer_config(shapes: Mapping[str, tuple]) -> ModelConfig:
+    """Architecture from weight shapes, for the released model family (head widths as released)."""
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    try:
+        cfg = ModelConfig(
+            unet=_infer_unet(shapes),
+            vae=_infer_vae(shapes),
+            resampler=_infer_resampler(shapes),
+        )
+        if TEXT_PREFIX + "model.token_embedding.weight" in shapes:
+            cfg = replace(cfg, text=_infer_text(shapes))
+        if VISION_PREFIX + "model.visual.conv1.weight" in shapes:
+            cfg = replace(cfg, vision=_infer_vision(shapes))
+    except (KeyError, IndexError, StopIteration) as e:
+        raise ConfigError(
+            f"cannot read a ToonCrafter architecture from these weights (no {e}); is this a ToonCrafter "
+            "checkpoint? For a custom architecture put its original yaml next to it with the same name"
+        ) from None
+    return cfg
+
+
+def config_for(path: str | Path, shapes: Mapping[str, tuple]) -> ModelConfig:
+    """The yaml beside the checkpoint (same stem) if there is one, else the weights' architecture."""
+    path = Path(path)
+    for suffix in (".yaml", ".yml"):
+        yaml = path.with_suffix(suffix)
+        if yaml.is_file():
+            log.info("architecture from %s", yaml.name)
+            return from_original_yaml(yaml)
+    return infer_config(shapes)
+
+
+def _check_schedule(state: Mapping[str, torch.Tensor], schedule: Schedule, name: str) -> None:
+    for key, ours in schedule.buffers().items():
+        theirs = state.get(key)
+        if theirs is None:
+            continue
+        if theirs.shape != ours.shape:
+            raise CheckpointError(f"{name}: schedule buffer {key} has shape {tuple(theirs.shape)}, expected {tuple(ours.shape)}")
+        tol = 1e-3 if theirs.dtype in (torch.float16, torch.bfloat16) else 1e-5
+        if not torch.allclose(theirs.float(), ours, atol=tol, rtol=tol):
+            log.warning("%s: schedule buffer %s differs from the config's schedule; using the config's", name, key)
+
+
+def _mismatch_message(name: str, missing: list[str], unexpected: list[str]) -> str:
+    def show(keys):
+        head = ", ".join(keys[:12])
+        return head + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+
+    parts = [f"{name} does not match the ToonCrafter architecture"]
+    if missing:
+        parts.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {show(unexpected)}")
+    parts.append("is this the right file (tooncrafter_512_interp_v1 or a conversion of it), and if it is a custom model, is its yaml next to it?")
+    return "; ".join(parts)
+
+
+def load_state_into(model: ToonCrafter, state: dict[str, torch.Tensor], name: str = "checkpoint", dtype: Optional[torch.dtype] = None) -> None:
+    """Strict, assigning load of `state` into a (meta-built) model; CHECKPOINT_ONLY_KEYS are checked and dropped."""
+    _check_schedule(state, model.schedule, name)
+    state = {k: v for k, v in state.items() if k not in CHECKPOINT_ONLY_KEYS}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    expected = model.state_dict(keep_vars=True)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected:
+        raise CheckpointError(_mismatch_message(name, missing, unexpected))
+    if wrong:
+        raise CheckpointError(f"{name}: tensors of the wrong shape: {', '.join(wrong[:12])}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.requires_grad_(False)
+    model.eval()
+
+
+def load_model(
+    path: str | Path,
+    dtype: Optional[torch.dtype] = None,
+    config: Optional[ModelConfig] = None,
+    operations=Default,
+) -> ToonCrafter:
+    """Build on the meta device and load a checkpoint file (any released layout) on the CPU.
+
+    `dtype` None keeps the file's dtype (no fp32 copy of fp16 weights). A pruned file (no text and
+    image encoders) gives a model whose `cond_stage_model` / `embedder` are None.
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    config = config or config_for(path, {k: tuple(v.shape) for k, v in state.items()})
+    has_text = any(k.startswith(TEXT_PREFIX) for k in state)
+    has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in state)
+    with torch.device("meta"):
+        model = ToonCrafter(config, text_encoder=has_text, image_encoder=has_vision, operations=operations)
+    load_state_into(model, state, path.name, dtype)
+    log.info(
+        "loaded %s (%s, text encoder: %s, image encoder: %s)",
+        path.name,
+        next(iter(state.values())).dtype if dtype is None else dtype,
+        has_text,
+        has_vision,
+    )
+    return model

@@ -1,0 +1,296 @@
+"""Two keyframes (+ prompt) -> in-between frames, in the order the data flows:
+
+keyframes -> VAE encoder (latents + reference features) and CLIP encoders (context)
+-> DDIM with classifier-free guidance over the UNet -> dual-reference VAE decoder -> frames.
+
+Every stage is a function over explicit tensors so hosts (ComfyUI nodes, the replay tool) can run
+stages separately, swap encoders, and pass in every random draw.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .conditioning import ImageEncoder, Resampler, TextEncoder, zero_image
+from .config import ModelConfig, RuntimeOptions, SamplingConfig
+from .ops import Default
+from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
+from .schedule import Schedule
+from .unet import UNetModel
+from .vae import AutoencoderKLDualRef
+
+log = logging.getLogger(__name__)
+
+
+class DiffusionWrapper(nn.Module):
+    """Keeps the checkpoint's `model.diffusion_model.` prefix."""
+
+    def __init__(self, unet: UNetModel):
+        super().__init__()
+        self.diffusion_model = unet
+
+
+class ToonCrafter(nn.Module):
+    """All components under their checkpoint names. Text/vision encoders are optional (pruned files)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        text_encoder: bool = True,
+        image_encoder: bool = True,
+        dtype=None,
+        device=None,
+        operations=Default,
+    ):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.config = config
+        self.model = DiffusionWrapper(UNetModel(config.unet, **kw))
+        self.first_stage_model = AutoencoderKLDualRef(config.vae, **kw)
+        self.cond_stage_model = TextEncoder(config.text, **kw) if text_encoder else None
+        self.embedder = ImageEncoder(config.vision, **kw) if image_encoder else None
+        self.image_proj_model = Resampler(config.resampler, **kw)
+        self.schedule = Schedule.from_config(config.schedule)
+
+    @property
+    def unet(self) -> UNetModel:
+        return self.model.diffusion_model
+
+    @property
+    def vae(self) -> AutoencoderKLDualRef:
+        return self.first_stage_model
+
+
+class InputError(ValueError):
+    """Inputs that cannot be interpolated; the message names the input and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning
+
+
+def encode_prompts(text_encoder: TextEncoder, prompts: Sequence[str], device, dtype) -> torch.Tensor:
+    """-> (n 77 d) text context."""
+    return text_encoder(prompts, device=device, dtype=dtype)
+
+
+def image_context(image_encoder: ImageEncoder, resampler: Resampler, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (b 3 H W) in [-1, 1] -> raw vision tokens (b n w), resampled context (b (t q) d)."""
+    tokens = image_encoder(images)
+    return tokens, resampler(tokens)
+
+
+def unconditional_image_context(image_encoder: ImageEncoder, resampler: Resampler, n: int, device, dtype):
+    """The original's negative image: an all-zero 224x224 input through the same encoder."""
+    size = image_encoder.config.image_size
+    return image_context(image_encoder, resampler, zero_image(n, size, device).to(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyframe latents
+
+
+@dataclass
+class KeyframeEncoding:
+    mean: torch.Tensor  # (b 2 z h w): start, end
+    logvar: torch.Tensor  # (b 2 z h w), clamped as the original
+    refs: list[torch.Tensor]  # (b c 2 H W) per decoder level, then the full-resolution conv_in features
+
+
+def encode_keyframes(vae: AutoencoderKLDualRef, start: torch.Tensor, end: torch.Tensor) -> KeyframeEncoding:
+    """start, end (b 3 H W) in [-1, 1]. Only the two keyframes are encoded: the encoder works per
+    frame, so this equals the original's encoding of the repeated 16-frame clip."""
+    b = start.shape[0]
+    mean, logvar, hidden = vae.encode(torch.cat([start, end]))
+    split = lambda t: torch.stack([t[:b], t[b:]], dim=1)  # noqa: E731  ((2b) ...) -> (b 2 ...)
+    refs = [split(h).transpose(1, 2) for h in hidden]  # (b c 2 H W)
+    return KeyframeEncoding(split(mean), split(logvar), refs)
+
+
+def clip_latents(enc: KeyframeEncoding, frames: int, scale_factor: float, noise: torch.Tensor) -> torch.Tensor:
+    """Posterior sample of the clip [start x T/2, end x T/2]: noise (b z t h w) -> z (b z t h w), scaled."""
+    which = (torch.arange(frames, device=noise.device) >= frames // 2).long()  # 0 start, 1 end
+    mean = enc.mean[:, which].transpose(1, 2)  # (b z t h w)
+    std = torch.exp(0.5 * enc.logvar[:, which].transpose(1, 2))
+    return scale_factor * (mean + std * noise.to(mean))
+
+
+def concat_condition(z: torch.Tensor) -> torch.Tensor:
+    """Zeros except the first and last frame's latent: the UNet's extra input channels."""
+    c = torch.zeros_like(z)
+    c[:, :, 0] = z[:, :, 0]
+    c[:, :, -1] = z[:, :, -1]
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Denoising
+
+
+def unet_v(unet: UNetModel, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, concat: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
+    """One UNet call: noisy latent (b z t h w) + concat condition -> v prediction."""
+    return unet(torch.cat([x, concat.to(x)], dim=1), t, context, fs)
+
+
+@dataclass
+class Conditioning:
+    context: torch.Tensor  # (b L d): text tokens then image tokens
+    uncond_context: Optional[torch.Tensor]
+    concat: torch.Tensor  # (b z t h w)
+    fs: torch.Tensor  # (b,) long
+
+
+def guided_model(unet: UNetModel, cond: Conditioning, sampling: SamplingConfig) -> GuidedModel:
+    def net(x, t, context, concat, fs):
+        return unet_v(unet, x, t, context, concat, fs)
+
+    c = {"context": cond.context, "concat": cond.concat, "fs": cond.fs}
+    u = None
+    if cond.uncond_context is not None:
+        u = {"context": cond.uncond_context, "concat": cond.concat, "fs": cond.fs}
+    return GuidedModel(net, c, u, sampling.cfg_scale, sampling.guidance_rescale, sampling.cfg_batch)
+
+
+def sample(
+    unet: UNetModel,
+    schedule: Schedule,
+    cond: Conditioning,
+    sampling: SamplingConfig,
+    x_T: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    noises: Optional[Sequence[torch.Tensor]] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """DDIM from x_T (b z t h w) -> clean latents."""
+    plan = ddim_plan(schedule, sampling.steps, sampling.timestep_spacing, sampling.eta)
+    denoiser = VDenoiser(guided_model(unet, cond, sampling), schedule)
+    return sample_ddim(denoiser, x_T, plan, generator=generator, noises=noises, callback=callback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode(
+    vae: AutoencoderKLDualRef,
+    latents: torch.Tensor,
+    refs: Sequence[torch.Tensor],
+    second_decode: bool = True,
+    chunk: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled latents (b z t h w) -> (first pass, final video), each (b 3 t H W) in about [-1, 1].
+
+    The original decodes a second time without frames 1 and t-2 and takes the middle pair
+    from that pass; `second_decode=False` skips it (final video = first pass).
+    """
+    z = latents / vae.config.scale_factor
+    first = vae.decode(z, refs, chunk)
+    t = z.shape[2]
+    if not second_decode or t < 4:
+        return first, first
+    keep = [i for i in range(t) if i not in (1, t - 2)]
+    second = vae.decode(z[:, :, keep], refs, chunk)
+    video = first.clone()
+    mid = t // 2
+    video[:, :, mid - 1 : mid + 1] = second[:, :, mid - 2 : mid]
+    return first, video
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def size_multiple(config: ModelConfig) -> int:
+    """Keyframe sides must be multiples of this: the VAE factor times the UNet's downsampling."""
+    return config.vae.downsample_factor * 2 ** (len(config.unet.channel_mult) - 1)
+
+
+def check_keyframes(start: torch.Tensor, end: torch.Tensor, multiple: int) -> None:
+    """Shapes the model can take: (b 3 H W) pairs of equal size, sides multiples of `multiple`."""
+    for name, img in (("start", start), ("end", end)):
+        if img.ndim != 4 or img.shape[1] != 3:
+            raise InputError(f"{name} keyframe must be (batch, 3, height, width), got {tuple(img.shape)}")
+        if not torch.isfinite(img).all():
+            raise InputError(f"{name} keyframe contains NaN or infinite values")
+    if start.shape != end.shape:
+        raise InputError(
+            f"start and end keyframes differ in size: {tuple(start.shape)} vs {tuple(end.shape)}; "
+            "resize both to the same size"
+        )
+    h, w = start.shape[-2:]
+    if h % multiple or w % multiple:
+        raise InputError(
+            f"keyframe size {w}x{h} is not a multiple of {multiple}; resize or crop the keyframes "
+            f"(e.g. to {max(multiple, w // multiple * multiple)}x{max(multiple, h // multiple * multiple)})"
+        )
+
+
+def interpolate(
+    model: ToonCrafter,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    prompt: str | Sequence[str],
+    sampling: SamplingConfig = SamplingConfig(),
+    options: RuntimeOptions = RuntimeOptions(),
+    frames: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """Keyframes (b 3 H W) in [-1, 1] -> video (b 3 t H W) in [-1, 1], fp32 on the CPU.
+
+    Random draws (posterior noise, x_T, per-step noise) come from `generator` in that order.
+    """
+    if model.cond_stage_model is None or model.embedder is None:
+        raise InputError(
+            "this checkpoint has no text/image encoders (pruned file); encode the prompt and the start "
+            "frame with separate OpenCLIP ViT-H-14 encoders and call the stage functions instead"
+        )
+    dev, dtype = options.device, options.dtype
+    frames = frames or model.config.frames
+    factor = model.config.vae.downsample_factor
+    start = start.to(dev, torch.float32)
+    end = end.to(dev, torch.float32)
+    check_keyframes(start, end, size_multiple(model.config))
+    b = start.shape[0]
+    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != b:
+        raise InputError(f"got {len(prompts)} prompts for {b} keyframe pairs")
+
+    with torch.inference_mode():
+        text = encode_prompts(model.cond_stage_model, prompts, dev, dtype)
+        _, img = image_context(model.embedder, model.image_proj_model, start.to(dtype))
+        context = torch.cat([text, img], dim=1)
+        uncond = None
+        if sampling.cfg_scale != 1.0:
+            text_u = encode_prompts(model.cond_stage_model, [""] * b, dev, dtype)
+            _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, b, dev, dtype)
+            uncond = torch.cat([text_u, img_u], dim=1)
+
+        enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
+        h, w = start.shape[-2] // factor, start.shape[-1] // factor
+        zc = model.config.vae.z_channels
+        shape = (b, zc, frames, h, w)
+        vae_noise = _randn(shape, generator, dev)
+        z = clip_latents(enc, frames, model.config.vae.scale_factor, vae_noise)
+        fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
+        cond = Conditioning(context, uncond, concat_condition(z), fs)
+
+        x_T = _randn((b, model.config.unet.out_channels, frames, h, w), generator, dev).to(dtype)
+        samples = sample(model.unet, model.schedule, cond, sampling, x_T, generator=generator, callback=callback)
+        _, video = decode(model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk)
+    video = video.float().cpu()
+    if not torch.isfinite(video).all():
+        raise FloatingPointError(
+            f"the decoded video has NaN/inf values in {dtype}; run again with dtype float32 or bfloat16"
+        )
+    return video
+
+
+def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
+    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_dev, dtype=torch.float32).to(device)

@@ -1,0 +1,170 @@
+"""Rerun a case recorded from the original ToonCrafter and write every stage our core computes.
+
+    python -m tooncrafter_core.replay CASE_DIR OUT.safetensors [--dtype fp32] [--device cpu] [--compare]
+
+From `reference.safetensors` only the inputs and random draws are read (`INPUT_KEYS`); settings
+come from `reference.json`, weights from `model.safetensors`, architecture from `config.yaml`.
+Stages are chained: our own samples feed our own decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+
+from .config import SamplingConfig, from_original_yaml
+from .loading import load_model
+from .pipeline import (
+    Conditioning,
+    clip_latents,
+    concat_condition,
+    decode,
+    encode_keyframes,
+    encode_prompts,
+    guided_model,
+    image_context,
+    sample,
+    unconditional_image_context,
+    unet_v,
+)
+from .sampling import VDenoiser, ddim_plan, ddim_timesteps, ddim_update
+
+log = logging.getLogger(__name__)
+
+INPUT_KEYS = ("image_start", "image_end", "vae_noise", "unet_x", "unet_t", "x_T", "eta1_noise")
+TOLERANCE = 1e-4
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def run_case(case_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All stages for one recorded case, as fp32 CPU tensors under the reference's names."""
+    case_dir = Path(case_dir)
+    settings = json.loads((case_dir / "reference.json").read_text())
+    reference = load_file(str(case_dir / "reference.safetensors"))
+    inputs = {k: reference[k] for k in INPUT_KEYS}
+    del reference
+
+    config = from_original_yaml(case_dir / "config.yaml")
+    model = load_model(case_dir / "model.safetensors", dtype=dtype, config=config).to(device)
+    dev = torch.device(device)
+    x = {k: v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for k, v in inputs.items()}
+    frames = settings["frames"]
+    sampling = SamplingConfig(
+        steps=settings["steps"],
+        cfg_scale=settings["cfg_scale"],
+        eta=settings["eta"],
+        fs=settings["fs"],
+        guidance_rescale=settings["guidance_rescale"],
+        timestep_spacing=settings["timestep_spacing"],
+    )
+    out: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        out["text_cond"] = encode_prompts(model.cond_stage_model, [settings["prompt"]], dev, dtype)
+        out["text_uncond"] = encode_prompts(model.cond_stage_model, [""], dev, dtype)
+        start, end = x["image_start"][None], x["image_end"][None]
+        out["image_embed_raw"], out["image_cond"] = image_context(model.embedder, model.image_proj_model, start)
+        _, out["image_uncond"] = unconditional_image_context(model.embedder, model.image_proj_model, 1, dev, dtype)
+        out["context_cond"] = torch.cat([out["text_cond"], out["image_cond"]], dim=1)
+        out["context_uncond"] = torch.cat([out["text_uncond"], out["image_uncond"]], dim=1)
+
+        enc = encode_keyframes(model.vae, start, end)
+        out["vae_mean"], out["vae_logvar"] = enc.mean[0], enc.logvar[0]
+        noise = rearrange(x["vae_noise"], "t c h w -> 1 c t h w")
+        out["z"] = clip_latents(enc, frames, config.vae.scale_factor, noise)
+        for i, ref in enumerate(enc.refs):
+            out[f"ref_hidden_{i}"] = ref
+        out["c_concat"] = concat_condition(out["z"])
+
+        fs = torch.tensor([sampling.fs], device=dev)
+        out["unet_out"] = unet_v(model.unet, x["unet_x"], x["unet_t"].long(), out["context_cond"], out["c_concat"], fs)
+
+        cond = Conditioning(out["context_cond"], out["context_uncond"], out["c_concat"], fs)
+        out["ddim_timesteps"] = torch.from_numpy(
+            ddim_timesteps(sampling.steps, sampling.timestep_spacing, model.schedule.num_timesteps)
+        )
+        trajectory = [x["x_T"]]
+        out["samples"] = sample(
+            model.unet, model.schedule, cond, sampling, x["x_T"], callback=lambda i, xt, x0: trajectory.append(xt)
+        )
+        out["ddim_trajectory"] = torch.stack(trajectory)
+
+        eta1_plan = ddim_plan(model.schedule, sampling.steps, sampling.timestep_spacing, eta=1.0)
+        step = eta1_plan[::-1][settings["eta1_step_index"]]
+        denoiser = VDenoiser(guided_model(model.unet, cond, sampling), model.schedule)
+        t = torch.full((1,), step.t, device=dev, dtype=torch.long)
+        eps, x0 = denoiser(x["x_T"], t)
+        out["eta1_x_prev"], out["eta1_pred_x0"] = ddim_update(x["x_T"], eps, x0, step, x["eta1_noise"])
+
+        out["video_first_pass"], out["video"] = decode(model.vae, out["samples"], enc.refs, second_decode=True)
+    return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
+
+
+def _reference_view(name: str, ref: torch.Tensor, frames: int) -> torch.Tensor:
+    # The reference encodes the whole [start x T/2, end x T/2] clip; we encode the two keyframes.
+    if name in ("vae_mean", "vae_logvar"):
+        return ref[[0, frames - 1]]
+    return ref
+
+
+def compare(ours: dict[str, torch.Tensor], case_dir: str | Path) -> dict[str, float]:
+    """Relative error ||ours - ref|| / ||ref|| for every stage the reference holds (inputs excluded)."""
+    case_dir = Path(case_dir)
+    reference = load_file(str(case_dir / "reference.safetensors"))
+    frames = json.loads((case_dir / "reference.json").read_text())["frames"]
+    errors = {}
+    for name, ref in reference.items():
+        if name in INPUT_KEYS:
+            continue
+        if name not in ours:
+            errors[name] = float("inf")
+            continue
+        ref = _reference_view(name, ref.float(), frames)
+        mine = ours[name].float()
+        if mine.shape != ref.shape:
+            log.error("%s: shape %s, reference %s", name, tuple(mine.shape), tuple(ref.shape))
+            errors[name] = float("inf")
+            continue
+        denom = ref.norm().item() or 1.0
+        errors[name] = (mine - ref).norm().item() / denom
+    return errors
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tooncrafter_core.replay", description=__doc__.splitlines()[0])
+    parser.add_argument("case_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compare", action="store_true", help=f"print each stage's relative error, fail above {TOLERANCE}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    ours = run_case(args.case_dir, DTYPES[args.dtype], args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(ours, str(args.out))
+    log.info("wrote %d stages to %s", len(ours), args.out)
+    if not args.compare:
+        return 0
+    errors = compare(ours, args.case_dir)
+    worst = 0.0
+    for name, err in errors.items():
+        flag = "" if err <= TOLERANCE else "  <-- above tolerance"
+        log.info("%-18s %.3e%s", name, err, flag)
+        worst = max(worst, err)
+    nonfinite = [k for k, v in ours.items() if not torch.isfinite(v).all()]
+    if nonfinite:
+        log.error("non-finite values in: %s", ", ".join(nonfinite))
+    ok = worst <= TOLERANCE and not nonfinite
+    log.info("%s: worst relative error %.3e (tolerance %.0e)", "PASS" if ok else "FAIL", worst, TOLERANCE)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

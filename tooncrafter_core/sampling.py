@@ -1,0 +1,169 @@
+"""DDIM sampling as plain functions, with classifier-free guidance as a model wrapper.
+
+`sample_ddim(denoiser, x, plan, ...)` never touches the network: a denoiser maps (x, t) to
+(eps, x0); `VDenoiser` adapts a v-predicting model to that and `GuidedModel` adds CFG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .schedule import Schedule
+
+VModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ddim_timesteps(steps: int, spacing: str, num_train: int = 1000) -> np.ndarray:
+    """Ascending DDIM timesteps: 'uniform' (0, c, 2c, ... + 1) or 'uniform_trailing' (ending at T-1)."""
+    if steps > num_train:
+        raise ValueError(f"steps must be at most {num_train}, got {steps}")
+    if spacing == "uniform":
+        # As the original: when steps does not divide num_train this yields a few extra steps.
+        ts = np.arange(0, num_train, num_train // steps) + 1
+        if ts[-1] >= num_train:
+            raise ValueError(
+                f"'uniform' spacing cannot take {steps} steps over {num_train} timesteps "
+                f"(the last one would be {ts[-1]}); choose another step count or 'uniform_trailing'"
+            )
+        return ts
+    if spacing == "uniform_trailing":
+        c = num_train / steps
+        return np.flip(np.round(np.arange(num_train, 0, -c))).astype(np.int64) - 1
+    raise ValueError(f"unknown timestep spacing {spacing!r}; use 'uniform' or 'uniform_trailing'")
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    t: int
+    alpha: float  # alpha-bar at t
+    alpha_prev: float  # alpha-bar at the next (lower) step
+    sigma: float
+    rescale: float  # dynamic rescale of x0: scale_arr[prev] / scale_arr[t]
+
+
+def ddim_plan(schedule: Schedule, steps: int, spacing: str, eta: float) -> list[DDIMStep]:
+    """The steps in sampling order (highest t first)."""
+    ts = ddim_timesteps(steps, spacing, schedule.num_timesteps)
+    ac = schedule.alphas_cumprod
+    alphas = ac[ts]
+    alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]])
+    sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
+    if schedule.scale_arr is not None:
+        scale = schedule.scale_arr[ts]
+        scale_prev = torch.cat([scale[:1], scale[:-1]])
+        rescale = scale_prev / scale
+    else:
+        rescale = torch.ones(len(ts))
+    plan = [
+        DDIMStep(int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]), float(rescale[i]))
+        for i in range(len(ts))
+    ]
+    return plan[::-1]
+
+
+class VDenoiser:
+    """Adapts a v-prediction model (x, t) -> v to the sampler's (x, t) -> (eps, x0)."""
+
+    def __init__(self, model: VModel, schedule: Schedule):
+        self.model = model
+        self.schedule = schedule
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.model(x, t)
+        return self.schedule.v_to_eps(x, t, v), self.schedule.v_to_x0(x, t, v)
+
+
+def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
+    """Match the guided prediction's std to the conditional one (Lin et al. 2023, Sec. 3.4)."""
+    dims = list(range(1, cond.ndim))
+    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return factor * rescaled + (1 - factor) * guided
+
+
+class GuidedModel:
+    """Classifier-free guidance over a conditional model `net(x, t, cond) -> v`.
+
+    With `batch`, cond and uncond share one network call (2b inputs); `cond`/`uncond` are
+    per-call keyword dicts whose tensors are concatenated along the batch dim.
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., torch.Tensor],
+        cond: dict,
+        uncond: Optional[dict],
+        scale: float,
+        rescale: float = 0.0,
+        batch: bool = True,
+    ):
+        self.net, self.cond, self.uncond = net, cond, uncond
+        self.scale, self.rescale, self.batch = scale, rescale, batch
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.uncond is None or self.scale == 1.0:
+            return self.net(x, t, **self.cond)
+        if self.batch:
+            both = {k: torch.cat([self.cond[k], self.uncond[k]]) for k in self.cond}
+            v_cond, v_uncond = self.net(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+        else:
+            v_cond = self.net(x, t, **self.cond)
+            v_uncond = self.net(x, t, **self.uncond)
+        guided = v_uncond + self.scale * (v_cond - v_uncond)
+        if self.rescale > 0:
+            guided = rescale_guidance(guided, v_cond, self.rescale)
+        return guided
+
+
+def ddim_update(
+    x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, step: DDIMStep, noise: Optional[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update (Song et al. 2021, Eq. 12) with the original's dynamic rescale of x0."""
+    x0 = x0 * step.rescale
+    # Clamped: at a zero-SNR first step with eta 1 the difference is 0 up to rounding.
+    dir_xt = max(0.0, 1.0 - step.alpha_prev - step.sigma**2) ** 0.5 * eps
+    x_prev = step.alpha_prev**0.5 * x0 + dir_xt
+    if step.sigma > 0:
+        if noise is None:
+            raise ValueError("a stochastic DDIM step (eta > 0) needs noise")
+        x_prev = x_prev + step.sigma * noise
+    return x_prev, x0
+
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def sample_ddim(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    plan: Sequence[DDIMStep],
+    generator: Optional[torch.Generator] = None,
+    noises: Optional[Sequence[torch.Tensor]] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, Alg. in Sec. 4.1) from x = x_T along `plan`.
+
+    Per-step noise comes from `noises[i]` or is drawn with `generator` (only when eta > 0).
+    `callback(i, x, x0)` runs after every step; raising from it stops sampling.
+    """
+    for i, step in enumerate(plan):
+        t = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
+        eps, x0 = denoiser(x, t)
+        noise = None
+        if step.sigma > 0:
+            if noises is not None:
+                noise = noises[i].to(x)
+            else:
+                noise = torch.randn(x.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
+                noise = noise.to(x)
+        x, x0 = ddim_update(x, eps, x0, step, noise)
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
