@@ -6,6 +6,7 @@ Modules take `operations=` so a host can swap in its own casting / lazily-initia
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,11 +20,13 @@ class Default:
     Embedding = nn.Embedding
 
 
-def norm_fp32(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a normalisation layer in fp32 and return the input's dtype (half-precision safety)."""
-    if x.dtype == torch.float32:
+def norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Apply a GroupNorm layer in fp32 and return the input's dtype (half-precision safety)."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32 and norm.weight.device == x.device:
         return norm(x)
-    return norm(x.float()).to(x.dtype)
+    w = None if norm.weight is None else norm.weight.to(device=x.device, dtype=torch.float32)
+    b = None if norm.bias is None else norm.bias.to(device=x.device, dtype=torch.float32)
+    return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).to(x.dtype)
 
 
 def param(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

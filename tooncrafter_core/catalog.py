@@ -1,0 +1,115 @@
+"""The released ToonCrafter checkpoint files we know, and a resumable download into a folder.
+
+Downloads go through `huggingface_hub` (imported only when a download is asked for). Offline, a
+download fails at once with a message naming the file, its source and the folder to put it in.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReleasedFile:
+    name: str  # file name in the models folder
+    repo_id: str
+    filename: str  # file name in the repository
+    revision: Optional[str]
+    size: str  # approximate, as published
+    encoders: bool  # holds the OpenCLIP text and image encoders
+    note: str
+
+    @property
+    def url(self) -> str:
+        rev = self.revision or "main"
+        return f"https://huggingface.co/{self.repo_id}/resolve/{rev}/{self.filename}"
+
+
+RELEASED: tuple[ReleasedFile, ...] = (
+    ReleasedFile(
+        "tooncrafter_512_interp-fp16.safetensors",
+        "Kijai/DynamiCrafter_pruned",
+        "tooncrafter_512_interp-fp16.safetensors",
+        None,
+        "5.3 GB",
+        True,
+        "all components in fp16 (recommended)",
+    ),
+    ReleasedFile(
+        "tooncrafter_512_interp-pruned-fp16.safetensors",
+        "Kijai/DynamiCrafter_pruned",
+        "tooncrafter_512_interp-pruned-fp16.safetensors",
+        None,
+        "3.1 GB",
+        False,
+        "fp16 without text/image encoders: use ComfyUI's CLIP (SD2.1 / ViT-H text) and CLIP_VISION (ViT-H-14)",
+    ),
+    ReleasedFile(
+        "tooncrafter_512_interp.safetensors",
+        "Doubiiu/ToonCrafter",
+        "model.safetensors",
+        "refs/pr/4",
+        "10.5 GB",
+        True,
+        "the original fp32 weights converted to safetensors",
+    ),
+    ReleasedFile(
+        "tooncrafter_512_interp.ckpt",
+        "Doubiiu/ToonCrafter",
+        "model.ckpt",
+        None,
+        "10.5 GB",
+        True,
+        "the original release (pickle; loaded with weights_only)",
+    ),
+)
+
+DEFAULT = RELEASED[0]
+
+
+class DownloadError(RuntimeError):
+    """A checkpoint could not be fetched; the message says where to get it and where to put it."""
+
+
+def find(name: str) -> Optional[ReleasedFile]:
+    return next((f for f in RELEASED if f.name == name), None)
+
+
+def manual_instructions(entry: ReleasedFile, folder: Path) -> str:
+    return f"download {entry.url} ({entry.size}) and save it as {Path(folder) / entry.name}"
+
+
+def download(entry: ReleasedFile, folder: str | Path, tqdm_class=None) -> Path:
+    """Fetch `entry` into `folder` (resumes a partial download); returns the file's path."""
+    folder = Path(folder)
+    target = folder / entry.name
+    if target.is_file():
+        return target
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(entry, folder)}") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s (%s) from %s", entry.name, entry.size, entry.repo_id)
+    try:
+        path = Path(
+            hf_hub_download(
+                entry.repo_id,
+                entry.filename,
+                revision=entry.revision,
+                local_dir=folder,
+                tqdm_class=tqdm_class,
+                etag_timeout=5,
+            )
+        )
+    except Exception as e:  # network, offline mode, auth, disk: all end in the same advice
+        raise DownloadError(f"could not download {entry.name} ({type(e).__name__}: {e}); {manual_instructions(entry, folder)}") from e
+    if path != target:
+        shutil.move(str(path), target)
+    return target
