@@ -1,0 +1,34 @@
+"""Paths and small builders shared by the core tests (no fixtures: conftest belongs to the ComfyUI harness)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference"
+MANIFEST = REFERENCE / "tooncrafter_512_interp_keys.json"
+TINY = REFERENCE / "tiny-4f-64x64"
+
+
+def reference_cases() -> list[Path]:
+    """Every recorded case under shared/reference (held-back cases are picked up the same way)."""
+    return sorted(p.parent for p in REFERENCE.glob("*/reference.json"))
+
+
+def manifest() -> dict[str, tuple[tuple[int, ...], str]]:
+    raw = json.loads(MANIFEST.read_text())
+    return {k: (tuple(shape), dtype) for k, (shape, dtype) in raw.items()}
+
+
+def tiny_checkpoint(folder: Path, stem: str = "tiny", case: Path = TINY) -> Path:
+    """Copy a tiny fixture as <stem>.safetensors + <stem>.yaml + its OpenCLIP json into folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(case / "model.safetensors", folder / f"{stem}.safetensors")
+    shutil.copy(case / "config.yaml", folder / f"{stem}.yaml")
+    for js in case.glob("*.json"):
+        if js.name not in ("reference.json",):
+            shutil.copy(js, folder / js.name)
+    return folder / f"{stem}.safetensors"

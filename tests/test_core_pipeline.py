@@ -1,0 +1,190 @@
+"""End-to-end runs of the tiny model through the CLI and the library, sampling math, bad inputs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import REPO, TINY, tiny_checkpoint
+from tooncrafter_core import frames
+from tooncrafter_core.config import RuntimeOptions, SamplingConfig
+from tooncrafter_core.loading import load_model
+from tooncrafter_core.pipeline import InputError, interpolate
+from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps
+from tooncrafter_core.schedule import Schedule
+from tooncrafter_core.config import ScheduleConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return load_model(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")), dtype=torch.float32)
+
+
+def _keyframes(h=64, w=64):
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    start = torch.stack([xx, yy, -xx])[None]
+    end = torch.stack([-yy, xx, yy])[None]
+    return start, end
+
+
+def _draw(path, color, box):
+    im = Image.new("RGB", (96, 80), "white")
+    im.paste(color, box)
+    im.save(path)
+
+
+def test_cli_writes_frames_from_the_tiny_fixture(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "models")
+    _draw(tmp_path / "a.png", (220, 30, 30), (5, 5, 40, 40))
+    _draw(tmp_path / "b.png", (30, 30, 220), (50, 30, 90, 75))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tooncrafter_core", "interpolate", "--ckpt", str(ckpt), "--start", str(tmp_path / "a.png"),
+         "--end", str(tmp_path / "b.png"), "--prompt", "a square moves", "--steps", "3", "--seed", "7", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted(out.glob("frame_*.png"))
+    assert len(pngs) == 4  # the tiny model's 4 frames
+    arrays = [np.asarray(Image.open(p)) for p in pngs]
+    assert all(a.shape == (64, 64, 3) for a in arrays)
+    assert all(a.std() > 1.0 for a in arrays), "constant frames"
+    with Image.open(out / "preview.gif") as gif:
+        assert gif.n_frames == 4
+
+
+def test_cli_reports_a_missing_keyframe_clearly(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tooncrafter_core", "interpolate", "--ckpt", str(ckpt), "--start", str(tmp_path / "no.png"),
+         "--end", str(tmp_path / "no.png"), "--out", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "cannot read keyframe image" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interpolate_is_seeded_and_keeps_the_keyframes_apart(tiny_model):
+    start, end = _keyframes()
+    s = SamplingConfig(steps=3, cfg_scale=7.5, guidance_rescale=0.7)
+    a = interpolate(tiny_model, start, end, "x", s, generator=torch.Generator().manual_seed(1))
+    b = interpolate(tiny_model, start, end, "x", s, generator=torch.Generator().manual_seed(1))
+    c = interpolate(tiny_model, start, end, "x", s, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (1, 3, 4, 64, 64) and torch.isfinite(a).all()
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_cfg_batched_equals_two_calls(tiny_model):
+    start, end = _keyframes()
+    kw = dict(steps=2, eta=0.0, cfg_scale=5.0, guidance_rescale=0.5)
+    a = interpolate(tiny_model, start, end, "x", SamplingConfig(cfg_batch=True, **kw), generator=torch.Generator().manual_seed(3))
+    b = interpolate(tiny_model, start, end, "x", SamplingConfig(cfg_batch=False, **kw), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_guidance_scale_one_skips_the_unconditional_call():
+    calls = []
+
+    def net(x, t, context):
+        calls.append(context)
+        return x * 0 + context
+
+    g = GuidedModel(net, {"context": torch.ones(1, 1)}, {"context": torch.zeros(1, 1)}, scale=1.0)
+    g(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    assert len(calls) == 1
+    g = GuidedModel(net, {"context": torch.ones(1, 1)}, {"context": torch.zeros(1, 1)}, scale=3.0, batch=False)
+    assert g(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long)).item() == 3.0
+
+
+def test_timestep_spacings():
+    assert list(ddim_timesteps(4, "uniform")) == [1, 251, 501, 751]
+    assert list(ddim_timesteps(4, "uniform_trailing")) == [249, 499, 749, 999]
+    assert len(ddim_timesteps(50, "uniform_trailing")) == 50
+    with pytest.raises(ValueError, match="uniform"):
+        ddim_timesteps(3, "uniform")
+    with pytest.raises(ValueError, match="spacing"):
+        ddim_timesteps(4, "linear")
+
+
+def test_zero_terminal_snr_and_dynamic_rescale():
+    sched = Schedule.from_config(ScheduleConfig())
+    assert sched.alphas_cumprod[-1].item() == pytest.approx(0.0, abs=1e-9)
+    assert sched.scale_arr.shape == (1400,)
+    plan = ddim_plan(sched, 4, "uniform_trailing", eta=0.0)
+    assert [s.t for s in plan] == [999, 749, 499, 249]
+    assert all(s.sigma == 0 for s in plan)
+    assert plan[0].rescale > 1.0 or plan[0].rescale == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "start,end,match",
+    [
+        (torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 32, 64), "differ in size"),
+        (torch.zeros(1, 3, 60, 64), torch.zeros(1, 3, 60, 64), "multiple of 16"),
+        (torch.full((1, 3, 64, 64), float("nan")), torch.zeros(1, 3, 64, 64), "NaN"),
+        (torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 64, 64), r"\(batch, 3, height, width\)"),
+    ],
+)
+def test_bad_keyframes_are_named(tiny_model, start, end, match):
+    with pytest.raises(InputError, match=match):
+        interpolate(tiny_model, start, end, "x", SamplingConfig(steps=1))
+
+
+def test_pruned_model_asks_for_external_encoders(tiny_model):
+    tiny_model.cond_stage_model, saved = None, tiny_model.cond_stage_model
+    try:
+        with pytest.raises(InputError, match="pruned"):
+            interpolate(tiny_model, *_keyframes(), "x", SamplingConfig(steps=1))
+    finally:
+        tiny_model.cond_stage_model = saved
+
+
+def test_bad_sampling_settings_are_named():
+    with pytest.raises(ValueError, match="steps"):
+        SamplingConfig(steps=0)
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        SamplingConfig(guidance_rescale=2.0)
+
+
+def test_fit_methods_produce_the_requested_size():
+    img = torch.rand(1, 3, 90, 160)
+    for method in frames.FIT_METHODS:
+        out = frames.fit(img, 64, 64, method)
+        assert out.shape == (1, 3, 64, 64)
+        assert 0 <= out.min() and out.max() <= 1
+    # crop keeps the centre: a centred dot survives; stretch changes aspect.
+    with pytest.raises(ValueError, match="resize method"):
+        frames.fit(img, 64, 64, "zoom")
+
+
+def test_decode_chunking_is_exact_with_one_chunk(tiny_model):
+    vae = tiny_model.vae
+    start, end = _keyframes()
+    from tooncrafter_core.pipeline import encode_keyframes
+
+    with torch.inference_mode():
+        enc = encode_keyframes(vae, start, end)
+        z = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        full = vae.decode(z, enc.refs)
+        same = vae.decode(z, enc.refs, chunk=4)
+        halves = vae.decode(z, enc.refs, chunk=2)
+    assert torch.equal(full, same)
+    assert halves.shape == full.shape and torch.isfinite(halves).all()
+
+
+def test_core_imports_no_host_or_heavy_framework():
+    code = (
+        "import sys, pkgutil, importlib, tooncrafter_core\n"
+        "for m in pkgutil.iter_modules(tooncrafter_core.__path__):\n"
+        "    importlib.import_module('tooncrafter_core.' + m.name)\n"
+        "bad = [n for n in ('comfy', 'comfy_api', 'folder_paths', 'nodes', 'pytorch_lightning', 'lightning', 'xformers', 'kornia', 'diffusers')\n"
+        "       if n in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ""
