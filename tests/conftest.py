@@ -1,0 +1,21 @@
+"""Shared fixtures. ComfyUI ones start one real server (and one browser) per test session."""
+
+import pytest
+
+from comfy_harness import ComfyServer, FrontendSession, stage_tiny_tooncrafter
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """A running ComfyUI with this pack linked in and the tiny ToonCrafter model staged."""
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
+    stage_tiny_tooncrafter(server.tooncrafter_models_dir)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def comfy_frontend(comfy_server):
+    """The server's frontend open in headless Chromium."""
+    with FrontendSession(comfy_server.base_url) as session:
+        yield session
