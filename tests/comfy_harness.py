@@ -120,10 +120,6 @@ class ComfyServer:
         return self.models_dir / "tooncrafter"
 
     @property
-    def output_dir(self) -> Path:
-        return self.root / "output"
-
-    @property
     def base_url(self) -> str:
         if self.port is None:
             raise ComfyError("server not started")
@@ -153,8 +149,16 @@ class ComfyServer:
             cmd, cwd=self.root, stdout=self._log_file, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )
+        try:
+            self._wait_until_up(timeout)
+            # Skips the frontend's first-run template browser, which would cover the canvas.
+            self._request("POST", "/settings/Comfy.TutorialCompleted", json=True)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_up(self, timeout: float) -> None:
         started = time.monotonic()
-        deadline = started + timeout
         while True:
             self._check_alive()
             try:
@@ -162,13 +166,10 @@ class ComfyServer:
                     break
             except (requests.ConnectionError, requests.Timeout):
                 pass
-            if time.monotonic() > deadline:
-                self.stop()
+            if time.monotonic() > started + timeout:
                 raise ComfyError(f"ComfyUI did not answer within {timeout:.0f} s\n{self.log_tail()}")
             time.sleep(0.25)
         log.info("ComfyUI up at %s after %.1f s", self.base_url, time.monotonic() - started)
-        # Skips the frontend's first-run template browser, which would cover the canvas.
-        self._request("POST", "/settings/Comfy.TutorialCompleted", json=True)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove the work dir if the harness made it."""
@@ -266,7 +267,7 @@ def _input_specs(node_def: dict) -> list[tuple[str, list, bool]]:
     specs = []
     for section in ("required", "optional"):
         section_inputs = inputs.get(section, {})
-        names = order.get(section, list(section_inputs))
+        names = list(order.get(section, section_inputs))
         names += [name for name in section_inputs if name not in names]
         specs += [(name, section_inputs[name], section == "required") for name in names]
     return specs
