@@ -134,6 +134,17 @@ def resize_antialiased(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=True)
 
 
+def clip_pixels(images: torch.Tensor, cfg: VisionEncoderConfig) -> torch.Tensor:
+    """Images in [-1, 1] (b 3 H W) -> CLIP-normalised (b 3 S S) fp32, the original's preprocessing
+    (also used to feed a host's own CLIP vision model)."""
+    size = cfg.image_size
+    x = resize_antialiased(images.float(), (size, size))
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(cfg.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class VisionTower(nn.Module):
     def __init__(self, cfg: VisionEncoderConfig, dtype=None, device=None, operations=Default):
         super().__init__()
@@ -173,12 +184,7 @@ class ImageEncoder(nn.Module):
         self.model = VisionHolder(cfg, dtype=dtype, device=device, operations=operations)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        size = self.config.image_size
-        x = resize_antialiased(images.float(), (size, size))
-        x = (x + 1.0) / 2.0
-        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return clip_pixels(images, self.config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Runs in the images' dtype; the resize and normalisation are done in fp32."""
@@ -247,6 +253,7 @@ def zero_image(n: int, size: int, device=None) -> torch.Tensor:
 
 __all__ = [
     "ImageEncoder",
+    "clip_pixels",
     "Resampler",
     "TextEncoder",
     "resize_antialiased",

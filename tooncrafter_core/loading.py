@@ -311,9 +311,9 @@ def load_model(
         model = ToonCrafter(config, text_encoder=has_text, image_encoder=has_vision, operations=operations)
     load_state_into(model, state, path.name, dtype)
     log.info(
-        "loaded %s (%s, text encoder: %s, image encoder: %s)",
+        "loaded %s (weights %s, text encoder: %s, image encoder: %s)",
         path.name,
-        next(iter(state.values())).dtype if dtype is None else dtype,
+        model.unet.out[2].weight.dtype,
         has_text,
         has_vision,
     )

@@ -91,6 +91,38 @@ def unconditional_image_context(image_encoder: ImageEncoder, resampler: Resample
     return image_context(image_encoder, resampler, zero_image(n, size, device).to(dtype))
 
 
+def join_context(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """(b 77 d) text + (b (t q) d) image tokens -> the UNet's cross-attention context."""
+    return torch.cat([text, image.to(text)], dim=1)
+
+
+def external_text_context(hidden: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Token features from a host's own OpenCLIP ViT-H text encoder (penultimate layer + final
+    LayerNorm, e.g. ComfyUI's SD2 CLIP) -> the (b 77 d) text context; longer prompts are cut to 77."""
+    width = config.unet.context_dim
+    if hidden.ndim != 3 or hidden.shape[-1] != width:
+        raise InputError(
+            f"the CLIP text encoder gives features of shape {tuple(hidden.shape)}, ToonCrafter needs width {width}: "
+            "load the OpenCLIP ViT-H-14 text encoder (CLIPLoader, type stable_diffusion, an SD 2.x CLIP file)"
+        )
+    n = config.unet.text_tokens
+    if hidden.shape[1] < n:
+        raise InputError(f"the CLIP text encoder returned {hidden.shape[1]} tokens, ToonCrafter needs {n}")
+    if hidden.shape[1] > n:
+        log.warning("prompt longer than %d tokens: only the first %d are used, as in the original", n, n)
+    return hidden[:, :n]
+
+
+def check_vision_tokens(tokens: torch.Tensor, config: ModelConfig) -> None:
+    """Tokens from a host's CLIP vision model must be the ViT-H-14 ones the Resampler was trained on."""
+    width, n = config.resampler.embedding_dim, config.vision.num_tokens
+    if tokens.ndim != 3 or tokens.shape[-1] != width or tokens.shape[1] != n:
+        raise InputError(
+            f"the CLIP vision model gives tokens of shape {tuple(tokens.shape)}, ToonCrafter needs (batch, {n}, {width}): "
+            "load the OpenCLIP ViT-H-14 vision model (CLIPVisionLoader, e.g. clip_vision_h.safetensors)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Keyframe latents
 
@@ -118,6 +150,20 @@ def clip_latents(enc: KeyframeEncoding, frames: int, scale_factor: float, noise:
     mean = enc.mean[:, which].transpose(1, 2)  # (b z t h w)
     std = torch.exp(0.5 * enc.logvar[:, which].transpose(1, 2))
     return scale_factor * (mean + std * noise.to(mean))
+
+
+def initial_latents(
+    enc: KeyframeEncoding, frames: int, config: ModelConfig, generator: Optional[torch.Generator], device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (concat condition, x_T), both (b z t h w) fp32. The random draws come in a fixed order
+    (posterior noise, then x_T) so every host reproduces a seed exactly."""
+    if frames < 2:
+        raise InputError(f"frames must be at least 2 (the two keyframes), got {frames}")
+    b, _, zc, h, w = enc.mean.shape
+    vae_noise = _randn((b, zc, frames, h, w), generator, device)
+    z = clip_latents(enc, frames, config.vae.scale_factor, vae_noise.to(enc.mean.device))
+    x_T = _randn((b, config.unet.out_channels, frames, h, w), generator, device)
+    return concat_condition(z).float(), x_T
 
 
 def concat_condition(z: torch.Tensor) -> torch.Tensor:
@@ -252,7 +298,6 @@ def interpolate(
         )
     dev, dtype = options.device, options.dtype
     frames = frames or model.config.frames
-    factor = model.config.vae.downsample_factor
     start = start.to(dev, torch.float32)
     end = end.to(dev, torch.float32)
     check_keyframes(start, end, size_multiple(model.config))
@@ -264,24 +309,18 @@ def interpolate(
     with torch.inference_mode():
         text = encode_prompts(model.cond_stage_model, prompts, dev, dtype)
         _, img = image_context(model.embedder, model.image_proj_model, start.to(dtype))
-        context = torch.cat([text, img], dim=1)
+        context = join_context(text, img)
         uncond = None
         if sampling.cfg_scale != 1.0:
             text_u = encode_prompts(model.cond_stage_model, [""] * b, dev, dtype)
             _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, b, dev, dtype)
-            uncond = torch.cat([text_u, img_u], dim=1)
+            uncond = join_context(text_u, img_u)
 
         enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
-        h, w = start.shape[-2] // factor, start.shape[-1] // factor
-        zc = model.config.vae.z_channels
-        shape = (b, zc, frames, h, w)
-        vae_noise = _randn(shape, generator, dev)
-        z = clip_latents(enc, frames, model.config.vae.scale_factor, vae_noise)
+        concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
         fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
-        cond = Conditioning(context, uncond, concat_condition(z), fs)
-
-        x_T = _randn((b, model.config.unet.out_channels, frames, h, w), generator, dev).to(dtype)
-        samples = sample(model.unet, model.schedule, cond, sampling, x_T, generator=generator, callback=callback)
+        cond = Conditioning(context, uncond, concat.to(dtype), fs)
+        samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=generator, callback=callback)
         _, video = decode(model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk)
     video = video.float().cpu()
     if not torch.isfinite(video).all():

@@ -1,0 +1,8 @@
+"""The ToonCrafter node pack: thin ComfyUI nodes over tooncrafter_core."""
+
+from .conditioning import ToonCrafterConditioning
+from .decoder import ToonCrafterDecode
+from .loader import LoadToonCrafterModel
+from .sampler import ToonCrafterSampler
+
+NODES = [LoadToonCrafterModel, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode]

@@ -1,0 +1,41 @@
+"""ToonCrafter Decode: latents -> IMAGE frames with the dual-reference decoder."""
+
+from comfy_api.latest import io
+
+from ..tooncrafter_core.pipeline import InputError
+from . import model as tc_model
+from .types import CATEGORY, KEYFRAMES_KEY, ToonCrafterModelType
+
+
+class ToonCrafterDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ToonCrafterDecode",
+            display_name="ToonCrafter Decode",
+            category=CATEGORY,
+            description="Decodes ToonCrafter latents to frames, using the keyframes' encoder features.",
+            inputs=[
+                ToonCrafterModelType.Input("model"),
+                io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Sampler"),
+                io.Int.Input(
+                    "frames_per_chunk", default=0, min=0, max=64,
+                    tooltip="0 decodes all frames at once (exact); smaller chunks need less VRAM but the temporal "
+                    "layers then see chunk borders",
+                ),
+                io.Boolean.Input(
+                    "second_decode", default=True,
+                    tooltip="The original decodes twice and takes the middle pair from the second pass; off is faster",
+                ),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="All frames, keyframes included, as an IMAGE batch")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent, frames_per_chunk, second_decode) -> io.NodeOutput:
+        keyframes = latent.get(KEYFRAMES_KEY)
+        if keyframes is None:
+            raise InputError("latent must come from ToonCrafter Sampler (it carries the keyframe reference features)")
+        video = tc_model.decode(model, latent["samples"], keyframes.refs, second_decode, frames_per_chunk or None)
+        b, c, t, h, w = video.shape
+        return io.NodeOutput(video.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c))

@@ -1,0 +1,54 @@
+"""Load ToonCrafter Model."""
+
+from comfy_api.latest import io
+
+from ..tooncrafter_core import catalog
+from . import model as tc_model
+from .types import CATEGORY, ToonCrafterModelType
+
+
+def _released_table() -> str:
+    return "; ".join(f"{f.name} ({f.size}, {f.repo_id}): {f.note}" for f in catalog.RELEASED)
+
+
+class LoadToonCrafterModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ToonCrafterModelLoader",
+            display_name="Load ToonCrafter Model",
+            category=CATEGORY,
+            description="Loads a ToonCrafter checkpoint from models/tooncrafter (downloading a known release on first use).",
+            inputs=[
+                io.Combo.Input(
+                    "ckpt_name",
+                    options=tc_model.checkpoint_choices(),
+                    default=catalog.DEFAULT.name,
+                    tooltip="Checkpoint in models/tooncrafter. Released files not present yet are downloaded when "
+                    "queued: " + _released_table(),
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(tc_model.WEIGHT_DTYPES),
+                    default="auto",
+                    tooltip="Precision the weights are kept in: auto keeps the file's (fp16 files stay fp16); "
+                    "fp16/bf16 halve the memory of an fp32 file. Computation precision follows ComfyUI's device settings.",
+                ),
+            ],
+            outputs=[
+                ToonCrafterModelType.Output(
+                    display_name="model",
+                    tooltip="UNet, VAE, Resampler and, in full checkpoints, the OpenCLIP text and image encoders",
+                )
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name, weight_dtype):
+        if ckpt_name not in tc_model.checkpoint_choices():
+            return f"checkpoint {ckpt_name!r} is neither in models/tooncrafter nor a known release; pick one from the list"
+        return True
+
+    @classmethod
+    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
+        return io.NodeOutput(tc_model.load(ckpt_name, weight_dtype))

@@ -1,0 +1,239 @@
+"""ToonCrafter inside ComfyUI's model management: each component in its own ModelPatcher,
+built from `comfy.ops.manual_cast` layers so lowvram partial loading and weight casting work,
+loaded with `load_models_gpu` right before use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.ops
+import folder_paths
+
+from ..tooncrafter_core import catalog, frames, pipeline
+from ..tooncrafter_core.conditioning import clip_pixels, zero_image
+from ..tooncrafter_core.config import ModelConfig
+from ..tooncrafter_core.loading import load_model
+from ..tooncrafter_core.schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+FOLDER = "tooncrafter"
+EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
+WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def register_folder() -> None:
+    """`models/tooncrafter` first, keeping any paths extra_model_paths.yaml added before us."""
+    default = os.path.join(folder_paths.models_dir, FOLDER)
+    paths, exts = folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))
+    if default not in paths:
+        paths.insert(0, default)
+    folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
+
+
+def checkpoint_choices() -> list[str]:
+    """Files in the tooncrafter folders, then the released files not downloaded yet."""
+    present = [f for f in folder_paths.get_filename_list(FOLDER) if os.path.splitext(f)[1] in EXTENSIONS]
+    return present + [f.name for f in catalog.RELEASED if f.name not in present]
+
+
+def resolve_checkpoint(name: str) -> str:
+    """Path of a checkpoint choice; a known release that is missing is downloaded first."""
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is not None:
+        return path
+    entry = catalog.find(name)
+    if entry is None:
+        raise FileNotFoundError(
+            f"checkpoint {name!r} is not in {', '.join(folder_paths.get_folder_paths(FOLDER))}; "
+            "put it there (or pick another file in the loader)"
+        )
+    folder = folder_paths.get_folder_paths(FOLDER)[0]
+    return str(catalog.download(entry, folder, tqdm_class=_comfy_tqdm()))
+
+
+def _comfy_tqdm():
+    """A tqdm class that also drives ComfyUI's progress bar (for downloads)."""
+    from tqdm import tqdm
+
+    import comfy.utils
+
+    class ComfyTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._pbar = comfy.utils.ProgressBar(max(1, int(self.total or 1)))
+
+        def update(self, n=1):
+            super().update(n)
+            self._pbar.update_absolute(int(self.n), int(self.total or self.n or 1))
+
+    return ComfyTqdm
+
+
+@dataclass
+class ToonCrafterModel:
+    """What the TOONCRAFTER_MODEL socket carries."""
+
+    name: str
+    config: ModelConfig
+    schedule: Schedule
+    unet: comfy.model_patcher.ModelPatcher
+    vae: comfy.model_patcher.ModelPatcher
+    image_proj: comfy.model_patcher.ModelPatcher  # the Resampler, always in the file
+    text: Optional[comfy.model_patcher.ModelPatcher]  # None for the pruned file
+    vision: Optional[comfy.model_patcher.ModelPatcher]
+    unet_dtype: torch.dtype
+    vae_dtype: torch.dtype
+    encoder_dtype: torch.dtype
+
+    @property
+    def has_encoders(self) -> bool:
+        return self.text is not None and self.vision is not None
+
+
+def _patcher(module: nn.Module, load_device, offload_device) -> comfy.model_patcher.ModelPatcher:
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
+
+
+def load(name: str, weight_dtype: str = "auto") -> ToonCrafterModel:
+    path = resolve_checkpoint(name)
+    dtype = WEIGHT_DTYPES[weight_dtype]
+    model = load_model(path, dtype=dtype, operations=comfy.ops.manual_cast)
+    stored = model.unet.input_blocks[0][0].weight.dtype
+
+    unet_device = mm.get_torch_device()
+    unet_dtype = mm.unet_dtype(
+        unet_device,
+        model_params=sum(p.numel() for p in model.unet.parameters()),
+        supported_dtypes=[torch.float16, torch.bfloat16, torch.float32],
+        weight_dtype=stored,
+    )
+    vae_device = mm.vae_device()
+    enc_device = mm.text_encoder_device()
+    handle = ToonCrafterModel(
+        name=name,
+        config=model.config,
+        schedule=model.schedule,
+        unet=_patcher(model.unet, unet_device, mm.unet_offload_device()),
+        vae=_patcher(model.vae, vae_device, mm.vae_offload_device()),
+        image_proj=_patcher(model.image_proj_model, enc_device, mm.text_encoder_offload_device()),
+        text=_patcher(model.cond_stage_model, enc_device, mm.text_encoder_offload_device()) if model.cond_stage_model else None,
+        vision=_patcher(model.embedder, enc_device, mm.text_encoder_offload_device()) if model.embedder else None,
+        unet_dtype=unet_dtype,
+        vae_dtype=mm.vae_dtype(vae_device, [torch.bfloat16, torch.float32]),
+        encoder_dtype=mm.text_encoder_dtype(enc_device),
+    )
+    log.info(
+        "ToonCrafter %s loaded: weights %s, UNet compute %s on %s, encoders %s",
+        name,
+        stored,
+        unet_dtype,
+        unet_device,
+        "in the file" if handle.has_encoders else "not in the file (use CLIP / CLIP_VISION inputs)",
+    )
+    return handle
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the core's stages on ComfyUI-managed devices. Glue only: the math is in tooncrafter_core.
+
+
+def _out(t: torch.Tensor) -> torch.Tensor:
+    return t.to(mm.intermediate_device())
+
+
+def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> torch.Tensor:
+    """(n 77 d) from our OpenCLIP text tower, or from a ComfyUI CLIP (SD 2.x / OpenCLIP ViT-H)."""
+    if clip is not None:
+        hidden = torch.cat([clip.encode_from_tokens(clip.tokenize(p)) for p in prompts])
+        return _out(pipeline.external_text_context(hidden, handle.config))
+    if handle.text is None:
+        raise pipeline.InputError(
+            f"{handle.name} has no text encoder (pruned file): connect a CLIP (CLIPLoader with an SD 2.x / "
+            "OpenCLIP ViT-H text encoder, type stable_diffusion) to the clip input"
+        )
+    mm.load_models_gpu([handle.text])
+    with torch.inference_mode():
+        ctx = pipeline.encode_prompts(handle.text.model, prompts, handle.text.load_device, handle.encoder_dtype)
+    return _out(ctx)
+
+
+def image_context(handle: ToonCrafterModel, images: Optional[torch.Tensor], n: int, clip_vision=None) -> torch.Tensor:
+    """Resampled image context (n (t q) d) of `images` (n 3 H W, [-1, 1]); None -> the original's
+    unconditional all-zero image."""
+    device = handle.image_proj.load_device
+    dtype = handle.encoder_dtype
+    if clip_vision is None and handle.vision is None:
+        raise pipeline.InputError(
+            f"{handle.name} has no image encoder (pruned file): connect a CLIP_VISION "
+            "(CLIPVisionLoader with clip_vision_h.safetensors, OpenCLIP ViT-H-14) to the clip_vision input"
+        )
+    if images is None:
+        images = zero_image(n, handle.config.vision.image_size)
+    with torch.inference_mode():
+        if clip_vision is not None:
+            mm.load_models_gpu([clip_vision.patcher])
+            pixels = clip_pixels(images, handle.config.vision).to(clip_vision.load_device)
+            tokens = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[0]
+            pipeline.check_vision_tokens(tokens, handle.config)
+            mm.load_models_gpu([handle.image_proj])
+            ctx = handle.image_proj.model(tokens.to(device, dtype))
+        else:
+            mm.load_models_gpu([handle.vision, handle.image_proj])
+            _, ctx = pipeline.image_context(handle.vision.model, handle.image_proj.model, images.to(device, dtype))
+    return _out(ctx)
+
+
+def encode_keyframes(handle: ToonCrafterModel, start: torch.Tensor, end: torch.Tensor) -> pipeline.KeyframeEncoding:
+    mm.load_models_gpu([handle.vae])
+    device = handle.vae.load_device
+    with torch.inference_mode():
+        enc = pipeline.encode_keyframes(handle.vae.model, start.to(device, handle.vae_dtype), end.to(device, handle.vae_dtype))
+    return pipeline.KeyframeEncoding(_out(enc.mean.float()), _out(enc.logvar.float()), [_out(r) for r in enc.refs])
+
+
+def sample(
+    handle: ToonCrafterModel,
+    cond: pipeline.Conditioning,
+    keyframes: pipeline.KeyframeEncoding,
+    frames: int,
+    sampling,
+    seed: int,
+    callback,
+) -> torch.Tensor:
+    """DDIM on the UNet's device; the same seed gives the same draws as the core's `interpolate`."""
+    device, dtype = handle.unet.load_device, handle.unet_dtype
+    generator = torch.Generator("cpu").manual_seed(seed)
+    concat, x_T = pipeline.initial_latents(keyframes, frames, handle.config, generator, device)
+    mm.load_models_gpu([handle.unet])
+    on_device = pipeline.Conditioning(
+        cond.context.to(device, dtype),
+        None if cond.uncond_context is None else cond.uncond_context.to(device, dtype),
+        concat.to(device, dtype),
+        cond.fs.to(device),
+    )
+    with torch.inference_mode():
+        samples = pipeline.sample(
+            handle.unet.model, handle.schedule, on_device, sampling, x_T.to(dtype), generator=generator, callback=callback
+        )
+    return _out(samples.float())
+
+
+def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode: bool, chunk: Optional[int]) -> torch.Tensor:
+    """-> frames (b 3 t H W) in [0, 1] on the intermediate device."""
+    mm.load_models_gpu([handle.vae])
+    device, dtype = handle.vae.load_device, handle.vae_dtype
+    with torch.inference_mode():
+        _, video = pipeline.decode(
+            handle.vae.model, latents.to(device, dtype), [r.to(device, dtype) for r in refs], second_decode, chunk
+        )
+    return _out(frames.from_model(video))
