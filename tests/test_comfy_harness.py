@@ -11,6 +11,7 @@ from PIL import Image
 from comfy_harness import (
     PACK_NAME,
     ComfyError,
+    ComfyServer,
     WorkflowError,
     pack_import_errors,
     widget_value_names,
@@ -198,14 +199,22 @@ def test_pack_import_errors_finds_only_this_pack():
         f"   0.0 seconds (IMPORT FAILED): /tmp/x/custom_nodes/{PACK_NAME}",
         f"   0.1 seconds: /tmp/x/custom_nodes/{PACK_NAME}-extras",
         "IMPORT FAILED: nodes_audio.py",
+        f"Error while calling comfy_entrypoint in /tmp/x/custom_nodes/{PACK_NAME}: 'tooncrafter'",
     ])
     assert pack_import_errors(log_text) == [
         f"Cannot import /tmp/x/custom_nodes/{PACK_NAME} module for custom nodes: boom",
         f"0.0 seconds (IMPORT FAILED): /tmp/x/custom_nodes/{PACK_NAME}",
+        f"Error while calling comfy_entrypoint in /tmp/x/custom_nodes/{PACK_NAME}: 'tooncrafter'",
     ]
 
 
 # --- a real server ---------------------------------------------------------------------------
+
+def test_server_start_failure_shows_the_log(tmp_path):
+    server = ComfyServer(tmp_path, extra_args=("--no-such-flag",))
+    with pytest.raises(ComfyError, match="(?s)exited with code 2.*no-such-flag"):
+        server.start()
+
 
 def test_server_serves_builtin_and_v3_node_schemas(comfy_server):
     info = comfy_server.object_info()
