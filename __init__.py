@@ -5,8 +5,9 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
-from .nodes.model import register_folder
+from .nodes.model import install_example_keyframes, register_folder
 
+# At import, before any schema lists the folder's files.
 register_folder()
 
 
@@ -17,4 +18,6 @@ class ToonCrafterExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> ToonCrafterExtension:
+    # ComfyUI 0.3.64 never calls ComfyExtension.on_load, so start-up work happens here.
+    install_example_keyframes()
     return ToonCrafterExtension()

@@ -16,7 +16,7 @@ class ToonCrafterDecode(io.ComfyNode):
             category=CATEGORY,
             description="Decodes ToonCrafter latents to frames, using the keyframes' encoder features.",
             inputs=[
-                ToonCrafterModelType.Input("model"),
+                ToonCrafterModelType.Input("model", tooltip="From Load ToonCrafter Model"),
                 io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Sampler"),
                 io.Int.Input(
                     "frames_per_chunk", default=0, min=0, max=64,

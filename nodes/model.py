@@ -40,6 +40,21 @@ def register_folder() -> None:
     folder_paths.folder_names_and_paths[FOLDER] = (paths, set(exts) | EXTENSIONS)
 
 
+EXAMPLE_KEYFRAMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "keyframes")
+
+
+def install_example_keyframes() -> None:
+    """Copy the example workflows' keyframes into ComfyUI's input folder so LoadImage finds them."""
+    import shutil
+
+    target = folder_paths.get_input_directory()
+    for name in sorted(os.listdir(EXAMPLE_KEYFRAMES)):
+        dst = os.path.join(target, name)
+        if name.endswith(".png") and not os.path.exists(dst):
+            os.makedirs(target, exist_ok=True)
+            shutil.copyfile(os.path.join(EXAMPLE_KEYFRAMES, name), dst)
+
+
 def checkpoint_choices() -> list[str]:
     """Files in the tooncrafter folders, then the released files not downloaded yet."""
     present = [f for f in folder_paths.get_filename_list(FOLDER) if os.path.splitext(f)[1] in EXTENSIONS]

@@ -29,7 +29,7 @@ class ToonCrafterSampler(io.ComfyNode):
             category=CATEGORY,
             description="Draws the in-between latents (DDIM, v-prediction, zero-terminal-SNR schedule).",
             inputs=[
-                ToonCrafterModelType.Input("model"),
+                ToonCrafterModelType.Input("model", tooltip="From Load ToonCrafter Model"),
                 io.Conditioning.Input("positive", tooltip="From ToonCrafter Conditioning"),
                 io.Conditioning.Input("negative", tooltip="From ToonCrafter Conditioning"),
                 io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Conditioning"),

@@ -1,0 +1,214 @@
+"""The node pack inside a real ComfyUI 0.3.64 server (CPU): schemas, shipped workflows, seeds, Cancel."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from comfy_harness import PACK_NAME, pack_import_errors, pack_node_types, workflow_to_api
+from helpers import REPO, tiny_checkpoint
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+TINY_CKPT = "tooncrafter_tiny.safetensors"
+
+# The node reference of README.md: every node, its inputs in order, and its outputs.
+DOCUMENTED = {
+    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype"], ["model"]),
+    "ToonCrafterConditioning": (
+        ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",
+         "resize", "frames", "clip", "clip_vision"],
+        ["positive", "negative", "latent"],
+    ),
+    "ToonCrafterSampler": (
+        ["model", "positive", "negative", "latent", "seed", "steps", "cfg", "eta", "guidance_rescale", "timestep_spacing"],
+        ["latent"],
+    ),
+    "ToonCrafterDecode": (["model", "latent", "frames_per_chunk", "second_decode"], ["frames"]),
+}
+
+
+def _inputs(info: dict) -> list[str]:
+    order = info["input_order"]
+    return order.get("required", []) + order.get("optional", [])
+
+
+def test_pack_imports_and_lists_every_documented_node(comfy_server):
+    assert pack_import_errors(comfy_server.log_text()) == []
+    info = comfy_server.object_info()
+    assert pack_node_types(info) == set(DOCUMENTED)
+    for node, (inputs, outputs) in DOCUMENTED.items():
+        entry = info[node]
+        assert entry["category"] == "ToonCrafter"
+        assert entry["display_name"] and entry["description"]
+        assert _inputs(entry) == inputs, node
+        assert entry["output_name"] == outputs, node
+        for group in ("required", "optional"):
+            for name, spec in entry["input"].get(group, {}).items():
+                assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
+
+
+def test_loader_lists_present_files_and_known_releases(comfy_server):
+    options = comfy_server.object_info("ToonCrafterModelLoader")["ToonCrafterModelLoader"]["input"]["required"]["ckpt_name"][1]["options"]
+    assert options[0] == TINY_CKPT
+    assert "tooncrafter_512_interp-fp16.safetensors" in options
+    assert "tooncrafter_512_interp-pruned-fp16.safetensors" in options
+
+
+def _api(comfy_server, workflow: Path) -> dict:
+    return workflow_to_api(json.loads(workflow.read_text()), comfy_server.object_info())
+
+
+def _set(api: dict, class_type: str, **values) -> None:
+    """Override widget values by input name; a name the node does not have is a test failure."""
+    nodes = [n for n in api.values() if n["class_type"] == class_type]
+    assert nodes, f"no {class_type} in the workflow"
+    for node in nodes:
+        for name, value in values.items():
+            assert name in node["inputs"], f"{class_type} has no input {name}"
+            node["inputs"][name] = value
+
+
+def _tiny_settings(api: dict) -> None:
+    _set(api, "ToonCrafterModelLoader", ckpt_name=TINY_CKPT)
+    _set(api, "ToonCrafterConditioning", width=64, height=64)
+    _set(api, "ToonCrafterSampler", steps=3)
+
+
+def _video_frames(comfy_server, entry: dict) -> np.ndarray:
+    import av
+
+    files = [f for out in entry["outputs"].values() for f in out.get("images", []) if str(f.get("filename", "")).endswith(".mp4")]
+    assert len(files) == 1, entry["outputs"]
+    with av.open(io.BytesIO(comfy_server.view(files[0]))) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("workflow", [w for w in WORKFLOWS if "pruned" not in w.name], ids=lambda p: p.stem)
+def test_shipped_workflow_runs_with_the_tiny_model(comfy_server, workflow):
+    api = _api(comfy_server, workflow)
+    _tiny_settings(api)
+    entry = comfy_server.run(api, timeout=600)
+    frames = _video_frames(comfy_server, entry)
+    assert frames.shape == (4, 64, 64, 3)  # the tiny model's 4 frames at the requested size
+    assert np.isfinite(frames).all() and frames.std() > 1.0
+    assert not all(np.array_equal(frames[0], f) for f in frames[1:])
+
+
+def _seed_prompt(seed: int, steps: int = 3, start="tooncrafter_start.png", end="tooncrafter_end.png") -> dict:
+    return {
+        "1": {"class_type": "ToonCrafterModelLoader", "inputs": {"ckpt_name": TINY_CKPT, "weight_dtype": "auto"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": start}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": end}},
+        "4": {"class_type": "ToonCrafterConditioning", "inputs": {
+            "model": ["1", 0], "start_image": ["2", 0], "end_image": ["3", 0], "prompt": "a ball jumps",
+            "negative_prompt": "", "frame_stride": 10, "width": 64, "height": 64, "resize": "crop", "frames": 0}},
+        "5": {"class_type": "ToonCrafterSampler", "inputs": {
+            "model": ["1", 0], "positive": ["4", 0], "negative": ["4", 1], "latent": ["4", 2], "seed": seed,
+            "steps": steps, "cfg": 7.5, "eta": 1.0, "guidance_rescale": 0.7, "timestep_spacing": "uniform_trailing"}},
+        "6": {"class_type": "ToonCrafterDecode", "inputs": {"model": ["1", 0], "latent": ["5", 0],
+                                                           "frames_per_chunk": 0, "second_decode": True}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": f"seed{seed}"}},
+    }
+
+
+def _saved_images(comfy_server, entry: dict) -> np.ndarray:
+    files = entry["outputs"]["7"]["images"]
+    return np.stack([np.asarray(Image.open(io.BytesIO(comfy_server.view(f)))) for f in files]).astype(np.float32) / 255
+
+
+def test_comfyui_and_the_core_give_the_same_frames_for_a_seed(comfy_server, tmp_path):
+    from tooncrafter_core import frames as tc_frames
+    from tooncrafter_core.config import SamplingConfig
+    from tooncrafter_core.loading import load_model
+    from tooncrafter_core.pipeline import interpolate
+
+    ours = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=42), timeout=600))
+    model = load_model(tiny_checkpoint(tmp_path), dtype=torch.float32)
+    keyframes = REPO / "workflows" / "keyframes"
+    start, end = (tc_frames.to_model(tc_frames.fit(tc_frames.load_image(keyframes / n), 64, 64, "crop"))
+                  for n in ("tooncrafter_start.png", "tooncrafter_end.png"))
+    video = interpolate(model, start, end, "a ball jumps", SamplingConfig(steps=3),
+                        generator=torch.Generator().manual_seed(42))
+    core = tc_frames.from_model(video[0]).permute(1, 2, 3, 0).numpy()  # (t h w c)
+    assert ours.shape == core.shape == (4, 64, 64, 3)
+    assert np.abs(ours - core).max() <= 1.5 / 255  # PNG quantisation only
+
+
+def test_two_queued_runs_reuse_the_loaded_model(comfy_server):
+    marker = f"loaded {TINY_CKPT}"
+    before = comfy_server.log_text().count(marker)
+    first = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=5), timeout=600))
+    second = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=6), timeout=600))
+    assert comfy_server.log_text().count(marker) - before <= 1
+    assert not np.array_equal(first, second)  # a new seed really ran again
+
+
+def test_cancel_stops_sampling_within_a_step_and_the_next_run_works(comfy_server):
+    # Time a short run first to know roughly what one step costs here.
+    t0 = time.monotonic()
+    comfy_server.run(_seed_prompt(seed=1, steps=4), timeout=600)
+    short = time.monotonic() - t0
+    prompt_id = comfy_server.queue_prompt(_seed_prompt(seed=2, steps=1000))
+    deadline = time.monotonic() + 120
+    while not _running(comfy_server, prompt_id):
+        assert time.monotonic() < deadline, "the prompt never started"
+        time.sleep(0.1)
+    time.sleep(3.0)  # past model loading and conditioning (well under a second for the tiny model)
+    t_interrupt = time.monotonic()
+    comfy_server.interrupt()
+    entry = comfy_server.wait_for(prompt_id, timeout=120, check=False)
+    stopped_after = time.monotonic() - t_interrupt
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in events
+    interrupted = dict(entry["status"]["messages"])["execution_interrupted"]
+    assert interrupted["node_type"] == "ToonCrafterSampler"
+    # 1000 steps would take minutes; stopping took about one step (plus polling).
+    assert stopped_after < max(2.0, short), stopped_after
+    after = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=3), timeout=600))
+    assert after.shape == (4, 64, 64, 3)
+
+
+def _running(comfy_server, prompt_id: str) -> bool:
+    queue = comfy_server._request("GET", "/queue")
+    return any(item[1] == prompt_id for item in queue.get("queue_running", []))
+
+
+def test_bad_latent_input_gets_a_clear_error(comfy_server):
+    prompt = _seed_prompt(seed=1)
+    prompt["8"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    prompt["5"]["inputs"]["latent"] = ["8", 0]
+    entry = comfy_server.wait_for(comfy_server.queue_prompt(prompt), timeout=300, check=False)
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert errors and "ToonCrafter Conditioning" in errors[0]["exception_message"]
+    assert errors[0]["node_type"] == "ToonCrafterSampler"
+
+
+def test_mismatched_keyframe_batches_are_named(comfy_server):
+    prompt = _seed_prompt(seed=1)
+    prompt["9"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 3}}
+    prompt["10"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 2}}
+    prompt["4"]["inputs"]["start_image"] = ["9", 0]
+    prompt["4"]["inputs"]["end_image"] = ["10", 0]
+    entry = comfy_server.wait_for(comfy_server.queue_prompt(prompt), timeout=300, check=False)
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert errors and "start_image has 3 images and end_image 2" in errors[0]["exception_message"]
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_frontend_loads_shipped_workflow_without_errors(comfy_frontend, workflow):
+    assert comfy_frontend.load_workflow(workflow, check_combo_values=False) == []
+
+
+def test_workflow_templates_are_served(comfy_server):
+    templates = comfy_server._request("GET", "/workflow_templates")
+    assert sorted(templates[PACK_NAME]) == sorted(w.stem for w in WORKFLOWS)
+    thumb = comfy_server._request("GET", f"/api/workflow_templates/{PACK_NAME}/{WORKFLOWS[0].stem}.jpg")
+    assert Image.open(io.BytesIO(thumb)).size[0] > 100
+

@@ -1,0 +1,61 @@
+"""Draws the example keyframes shipped in workflows/keyframes (flat cartoon, 512x320).
+
+    python tools/draw_keyframes.py
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+OUT = Path(__file__).resolve().parents[1] / "workflows" / "keyframes"
+W, H = 512, 320
+INK = (25, 25, 35)
+
+
+def _character(d: ImageDraw.ImageDraw, cx: int, cy: int, arms_up: bool, blink: bool) -> None:
+    r = 46
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 196, 60), outline=INK, width=4)  # body
+    for ex in (cx - 16, cx + 16):  # eyes
+        if blink:
+            d.line((ex - 8, cy - 10, ex + 8, cy - 10), fill=INK, width=4)
+        else:
+            d.ellipse((ex - 7, cy - 18, ex + 7, cy - 2), fill="white", outline=INK, width=3)
+            d.ellipse((ex - 2, cy - 12, ex + 4, cy - 5), fill=INK)
+    d.arc((cx - 18, cy, cx + 18, cy + 24), 20, 160, fill=INK, width=4)  # smile
+    for side in (-1, 1):
+        shoulder = (cx + side * (r - 6), cy + 6)
+        hand = (cx + side * (r + 34), cy - 40) if arms_up else (cx + side * (r + 22), cy + 30)
+        d.line((*shoulder, *hand), fill=INK, width=6)
+        d.ellipse((hand[0] - 8, hand[1] - 8, hand[0] + 8, hand[1] + 8), fill="white", outline=INK, width=3)
+        foot_x = cx + side * 20
+        d.line((foot_x, cy + r - 4, foot_x, cy + r + 22), fill=INK, width=6)
+        d.ellipse((foot_x - 14, cy + r + 16, foot_x + 10, cy + r + 30), fill=(220, 60, 60), outline=INK, width=3)
+
+
+def draw(cx: int, cy: int, arms_up: bool, blink: bool, sun_x: int) -> Image.Image:
+    im = Image.new("RGB", (W, H), (140, 205, 250))
+    d = ImageDraw.Draw(im)
+    d.ellipse((sun_x - 30, 20, sun_x + 30, 80), fill=(255, 240, 150), outline=INK, width=3)
+    d.polygon([(0, 250), (140, 190), (300, 240), (420, 200), (W, 235), (W, H), (0, H)], fill=(110, 190, 90), outline=INK)
+    d.rectangle((0, 268, W, H), fill=(90, 160, 75))
+    _character(d, cx, cy, arms_up, blink)
+    return im
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    frames = {
+        "tooncrafter_start.png": draw(150, 190, arms_up=False, blink=False, sun_x=400),
+        "tooncrafter_end.png": draw(340, 130, arms_up=True, blink=True, sun_x=420),
+    }
+    for name, im in frames.items():
+        im.save(OUT / name, optimize=True)
+        logging.info("wrote %s", OUT / name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Writes the example workflows (ComfyUI UI format) and their thumbnails into workflows/.
+
+    python tools/make_workflows.py
+
+Widget values follow each node's input order in ComfyUI's /object_info (the tests check that
+every value lands on a real input by converting the files to API format).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "workflows"
+KEYFRAMES = OUT / "keyframes"
+
+FULL_CKPT = "tooncrafter_512_interp-fp16.safetensors"
+PRUNED_CKPT = "tooncrafter_512_interp-pruned-fp16.safetensors"
+TEXT_ENCODER = "open_clip_vit_h_text.safetensors"
+CLIP_VISION = "clip_vision_h.safetensors"
+PROMPT = "a cheerful cartoon ball character jumps up and waves, flat colors, clean line art"
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    widgets: list
+    outputs: list[tuple[str, str]] = field(default_factory=list)  # (name, type)
+    inputs: list[tuple[str, str]] = field(default_factory=list)  # socket inputs (name, type)
+    title: str | None = None
+    size: tuple[int, int] = (320, 130)
+
+
+@dataclass
+class Graph:
+    nodes: list[Node] = field(default_factory=list)
+    links: list[list] = field(default_factory=list)
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        return node
+
+    def link(self, src: Node, slot: int, dst: Node, name: str) -> None:
+        link_id = len(self.links) + 1
+        kind = src.outputs[slot][1]
+        self.links.append([link_id, src.id, slot, dst.id, [n for n, _ in dst.inputs].index(name), kind])
+
+    def to_json(self, note: str | None = None) -> dict:
+        nodes = []
+        for order, n in enumerate(self.nodes):
+            inputs = []
+            for slot, (name, kind) in enumerate(n.inputs):
+                link = next((l[0] for l in self.links if l[3] == n.id and l[4] == slot), None)
+                inputs.append({"name": name, "type": kind, "link": link})
+            outputs = []
+            for slot, (name, kind) in enumerate(n.outputs):
+                links = [l[0] for l in self.links if l[1] == n.id and l[2] == slot]
+                outputs.append({"name": name, "type": kind, "links": links or None, "slot_index": slot})
+            entry = {
+                "id": n.id,
+                "type": n.type,
+                "pos": list(n.pos),
+                "size": list(n.size),
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": outputs,
+                "properties": {"Node name for S&R": n.type},
+                "widgets_values": n.widgets,
+            }
+            if n.title:
+                entry["title"] = n.title
+            nodes.append(entry)
+        if note:
+            nodes.append(
+                {
+                    "id": len(self.nodes) + 1,
+                    "type": "Note",
+                    "pos": [20, -180],
+                    "size": [560, 150],
+                    "flags": {},
+                    "order": len(nodes),
+                    "mode": 0,
+                    "inputs": [],
+                    "outputs": [],
+                    "properties": {},
+                    "widgets_values": [note],
+                }
+            )
+        return {
+            "last_node_id": len(nodes),
+            "last_link_id": len(self.links),
+            "nodes": nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [60, 240]}},
+            "version": 0.4,
+        }
+
+
+def _pipeline(ckpt: str, weight_dtype: str, steps: int, chunk: int, second_decode: bool, with_clip: bool) -> Graph:
+    g = Graph()
+    model_t = ("model", "TOONCRAFTER_MODEL")
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [ckpt, weight_dtype], [model_t], title="Load ToonCrafter Model"))
+    start = g.add(Node(2, "LoadImage", (20, 200), ["tooncrafter_start.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                       title="Start keyframe", size=(300, 320)))
+    end = g.add(Node(3, "LoadImage", (20, 560), ["tooncrafter_end.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+                     title="End keyframe", size=(300, 320)))
+    cond_inputs = [model_t, ("start_image", "IMAGE"), ("end_image", "IMAGE"), ("clip", "CLIP"), ("clip_vision", "CLIP_VISION")]
+    cond = g.add(Node(4, "ToonCrafterConditioning", (380, 20), [PROMPT, "", 10, 512, 320, "crop", 0],
+                      [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")], cond_inputs,
+                      size=(400, 420)))
+    sampler = g.add(Node(5, "ToonCrafterSampler", (820, 20), [123, "fixed", steps, 7.5, 1.0, 0.7, "uniform_trailing"],
+                         [("latent", "LATENT")],
+                         [model_t, ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                         size=(320, 300)))
+    decode = g.add(Node(6, "ToonCrafterDecode", (820, 380), [chunk, second_decode], [("frames", "IMAGE")],
+                        [model_t, ("latent", "LATENT")], size=(320, 130)))
+    video = g.add(Node(7, "CreateVideo", (1180, 20), [8], [("VIDEO", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO")]))
+    save = g.add(Node(8, "SaveVideo", (1180, 200), ["video/tooncrafter", "auto", "auto"], [], [("video", "VIDEO")],
+                      size=(420, 420)))
+    g.link(loader, 0, cond, "model")
+    g.link(start, 0, cond, "start_image")
+    g.link(end, 0, cond, "end_image")
+    for dst in (sampler, decode):
+        g.link(loader, 0, dst, "model")
+    g.link(cond, 0, sampler, "positive")
+    g.link(cond, 1, sampler, "negative")
+    g.link(cond, 2, sampler, "latent")
+    g.link(sampler, 0, decode, "latent")
+    g.link(decode, 0, video, "images")
+    g.link(video, 0, save, "video")
+    if with_clip:
+        clip = g.add(Node(9, "CLIPLoader", (20, 920), [TEXT_ENCODER, "stable_diffusion", "default"], [("CLIP", "CLIP")],
+                          title="OpenCLIP ViT-H text encoder"))
+        vision = g.add(Node(10, "CLIPVisionLoader", (20, 1080), [CLIP_VISION], [("CLIP_VISION", "CLIP_VISION")],
+                            title="OpenCLIP ViT-H-14 vision"))
+        g.link(clip, 0, cond, "clip")
+        g.link(vision, 0, cond, "clip_vision")
+    return g
+
+
+WORKFLOWS = {
+    "tooncrafter_basic": (
+        _pipeline(FULL_CKPT, "auto", 50, 0, True, with_clip=False),
+        "Two keyframes in, a 16-frame in-between out, saved as a video. The checkpoint is downloaded into "
+        "models/tooncrafter on first run (5.3 GB). Replace the keyframes with your own drawings.",
+    ),
+    "tooncrafter_pruned_fp16_with_comfy_clip": (
+        _pipeline(PRUNED_CKPT, "auto", 50, 0, True, with_clip=True),
+        f"The pruned fp16 checkpoint has no text/image encoders: ComfyUI loads them instead. Put an OpenCLIP "
+        f"ViT-H-14 text encoder (SD 2.x CLIP) in models/text_encoders as {TEXT_ENCODER} and the ViT-H-14 vision "
+        f"model in models/clip_vision as {CLIP_VISION}.",
+    ),
+    "tooncrafter_low_vram": (
+        _pipeline(FULL_CKPT, "fp16", 25, 4, False, with_clip=False),
+        "Low-VRAM settings: fp16 weights, 25 steps, decoding 4 frames at a time and no second decode. "
+        "Start ComfyUI with --lowvram on cards under 8 GB; ComfyUI then streams UNet layers to the GPU.",
+    ),
+}
+
+
+def thumbnail(title: str) -> Image.Image:
+    a = Image.open(KEYFRAMES / "tooncrafter_start.png").resize((192, 120))
+    b = Image.open(KEYFRAMES / "tooncrafter_end.png").resize((192, 120))
+    im = Image.new("RGB", (448, 200), (245, 245, 250))
+    im.paste(a, (16, 48))
+    im.paste(b, (240, 48))
+    d = ImageDraw.Draw(im)
+    d.text((16, 14), title, fill=(30, 30, 40))
+    d.polygon([(210, 100), (226, 108), (210, 116)], fill=(30, 30, 40))
+    d.text((16, 176), "ToonCrafter in-between", fill=(90, 90, 110))
+    return im
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name, (graph, note) in WORKFLOWS.items():
+        path = OUT / f"{name}.json"
+        path.write_text(json.dumps(graph.to_json(note), indent=1) + "\n")
+        thumbnail(name.replace("_", " ")).save(OUT / f"{name}.jpg", quality=85)
+        logging.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
