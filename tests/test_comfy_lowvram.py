@@ -1,0 +1,72 @@
+"""ComfyUI's lowvram partial loading on our UNet (in a fresh process with ComfyUI imported).
+
+On a CPU machine nothing can be offloaded to a GPU, but the partial-load path still runs: layers
+past the memory budget get `comfy_cast_weights` and compute through ComfyUI's casting ops. The
+result must equal the fully loaded model's.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+from comfy_harness import COMFYUI_SOURCE
+from helpers import REPO, TINY
+
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.util, sys, shutil, tempfile
+    from pathlib import Path
+    sys.path.insert(0, {comfy!r})
+    import torch
+    from comfy.cli_args import args
+    args.cpu = True  # as `main.py --cpu`: this machine has no GPU
+    import folder_paths
+    import comfy.model_management as mm
+
+    spec = importlib.util.spec_from_file_location("tc_pack", {repo!r} + "/__init__.py",
+                                                  submodule_search_locations=[{repo!r}])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["tc_pack"] = pack
+    spec.loader.exec_module(pack)
+    from tc_pack.nodes import model as tc_model
+    from tc_pack.tooncrafter_core import pipeline
+
+    folder = Path(tempfile.mkdtemp())
+    for src, dst in (("model.safetensors", "tiny.safetensors"), ("config.yaml", "tiny.yaml"), ("TC-Tiny.json", "TC-Tiny.json")):
+        shutil.copy(Path({tiny!r}) / src, folder / dst)
+    folder_paths.add_model_folder_path("tooncrafter", str(folder), is_default=True)
+
+    handle = tc_model.load("tiny.safetensors", "auto")
+    unet = handle.unet
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 4, 8, 8, generator=g)
+    concat = torch.randn(1, 4, 4, 8, 8, generator=g)
+    context = torch.randn(1, 77 + 64, 32, generator=g)
+    t = torch.tensor([500]); fs = torch.tensor([10])
+
+    def run():
+        with torch.inference_mode():
+            return pipeline.unet_v(unet.model, x, t, context, concat, fs)
+
+    mm.load_models_gpu([unet])
+    full = run()
+    assert not unet.model.model_lowvram
+    unet.unpatch_model()
+    unet.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=256 * 1024, load_weights=True)
+    cast = sum(1 for m in unet.model.modules() if getattr(m, "comfy_cast_weights", False))
+    assert unet.model.model_lowvram and cast > 20, cast
+    low = run()
+    torch.testing.assert_close(low, full, rtol=1e-5, atol=1e-6)
+    unet.unpatch_model()
+    mm.unload_all_models()
+    assert not any(lm.model is unet for lm in mm.current_loaded_models)
+    print("OK", cast)
+    """
+)
+
+
+def test_partially_loaded_unet_matches_the_fully_loaded_one():
+    code = SCRIPT.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/tmp")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("OK")
