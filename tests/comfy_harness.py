@@ -19,20 +19,12 @@ from typing import Any
 
 import requests
 
+from helpers import REPO, SHARED
+
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-COMFYUI_SOURCE = SHARED_DIR / "comfyui"
+COMFYUI_SOURCE = SHARED / "comfyui"
 PACK_NAME = "ComfyUI-ToonCrafter"
-
-TINY_REFERENCE_DIR = SHARED_DIR / "reference" / "tiny-4f-64x64"
-# Source file in TINY_REFERENCE_DIR -> name under models/tooncrafter/.
-TINY_MODEL_FILES = {
-    "model.safetensors": "tooncrafter_tiny.safetensors",
-    "config.yaml": "tooncrafter_tiny.yaml",
-    "TC-Tiny.json": "TC-Tiny.json",
-}
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -58,15 +50,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def stage_tiny_tooncrafter(models_dir: Path) -> list[Path]:
-    """Copy the tiny reference model (weights, yaml, OpenCLIP config) into `models_dir`."""
-    models_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        Path(shutil.copyfile(TINY_REFERENCE_DIR / source, models_dir / name))
-        for source, name in TINY_MODEL_FILES.items()
-    ]
 
 
 def pack_import_errors(log_text: str) -> list[str]:
@@ -108,7 +91,7 @@ class ComfyServer:
         )
         custom_nodes = self.root / "custom_nodes"
         custom_nodes.mkdir(exist_ok=True)
-        (custom_nodes / PACK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
+        (custom_nodes / PACK_NAME).symlink_to(REPO, target_is_directory=True)
         self.tooncrafter_models_dir.mkdir(parents=True, exist_ok=True)
 
     @property

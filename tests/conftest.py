@@ -2,14 +2,15 @@
 
 import pytest
 
-from comfy_harness import ComfyServer, FrontendSession, stage_tiny_tooncrafter
+from comfy_harness import ComfyServer, FrontendSession
+from helpers import tiny_checkpoint
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """A running ComfyUI with this pack linked in and the tiny ToonCrafter model staged."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
-    stage_tiny_tooncrafter(server.tooncrafter_models_dir)
+    tiny_checkpoint(server.tooncrafter_models_dir, stem="tooncrafter_tiny")
     with server:
         yield server
 
