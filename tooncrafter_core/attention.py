@@ -132,7 +132,24 @@ class BasicTransformerBlock(nn.Module):
         return self.ff(self.norm3(x)) + x
 
 
-class SpatialTransformer(nn.Module):
+class _FrameTransformer(nn.Module):
+    """GroupNorm, input/output projections (Linear, or a 1x1 conv of `conv_cls`) around transformer blocks."""
+
+    def __init__(self, channels: int, inner: int, use_linear: bool, conv_cls, blocks: list[nn.Module], dtype=None, device=None, operations=Default):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device)
+        self.use_linear = use_linear
+        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **kw)
+        if use_linear:
+            self.proj_in = operations.Linear(channels, inner, **kw)
+            self.proj_out = operations.Linear(inner, channels, **kw)
+        else:
+            self.proj_in = conv_cls(channels, inner, 1, **kw)
+            self.proj_out = conv_cls(inner, channels, 1, **kw)
+        self.transformer_blocks = nn.ModuleList(blocks)
+
+
+class SpatialTransformer(_FrameTransformer):
     """Transformer over the h*w tokens of each frame, cross-attending to the frame's context."""
 
     def __init__(
@@ -150,31 +167,15 @@ class SpatialTransformer(nn.Module):
         device=None,
         operations=Default,
     ):
-        super().__init__()
         inner = heads * dim_head
-        kw = dict(dtype=dtype, device=device)
-        self.use_linear = use_linear
-        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **kw)
-        if use_linear:
-            self.proj_in = operations.Linear(channels, inner, **kw)
-            self.proj_out = operations.Linear(inner, channels, **kw)
-        else:
-            self.proj_in = operations.Conv2d(channels, inner, 1, **kw)
-            self.proj_out = operations.Conv2d(inner, channels, 1, **kw)
-        self.transformer_blocks = nn.ModuleList(
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        blocks = [
             BasicTransformerBlock(
-                inner,
-                heads,
-                dim_head,
-                context_dim,
-                image_cross_attention,
-                image_scale_learnable,
-                text_tokens,
-                operations=operations,
-                **kw,
+                inner, heads, dim_head, context_dim, image_cross_attention, image_scale_learnable, text_tokens, **kw
             )
             for _ in range(depth)
-        )
+        ]
+        super().__init__(channels, inner, use_linear, operations.Conv2d, blocks, **kw)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """x ((b t) c h w), context ((b t) l c)."""
@@ -196,7 +197,7 @@ class SpatialTransformer(nn.Module):
         return x + x_in
 
 
-class TemporalTransformer(nn.Module):
+class TemporalTransformer(_FrameTransformer):
     """Self-attention along the frame axis at every pixel (ToonCrafter uses self-attention only)."""
 
     def __init__(
@@ -210,20 +211,10 @@ class TemporalTransformer(nn.Module):
         device=None,
         operations=Default,
     ):
-        super().__init__()
         inner = heads * dim_head
-        kw = dict(dtype=dtype, device=device)
-        self.use_linear = use_linear
-        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **kw)
-        if use_linear:
-            self.proj_in = operations.Linear(channels, inner, **kw)
-            self.proj_out = operations.Linear(inner, channels, **kw)
-        else:
-            self.proj_in = operations.Conv1d(channels, inner, 1, **kw)
-            self.proj_out = operations.Conv1d(inner, channels, 1, **kw)
-        self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, dim_head, operations=operations, **kw) for _ in range(depth)
-        )
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        blocks = [BasicTransformerBlock(inner, heads, dim_head, **kw) for _ in range(depth)]
+        super().__init__(channels, inner, use_linear, operations.Conv1d, blocks, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (b c t h w) -> (b c t h w)."""
