@@ -212,3 +212,18 @@ def test_workflow_templates_are_served(comfy_server):
     thumb = comfy_server._request("GET", f"/api/workflow_templates/{PACK_NAME}/{WORKFLOWS[0].stem}.jpg")
     assert Image.open(io.BytesIO(thumb)).size[0] > 100
 
+
+
+def test_missing_release_fails_at_once_offline_saying_where_to_put_it(comfy_server):
+    # CI machines reach package registries only, so the download cannot start.
+    name = "tooncrafter_512_interp-pruned-fp16.safetensors"
+    prompt = _seed_prompt(seed=1)
+    prompt["1"]["inputs"]["ckpt_name"] = name
+    t0 = time.monotonic()
+    entry = comfy_server.wait_for(comfy_server.queue_prompt(prompt), timeout=120, check=False)
+    assert time.monotonic() - t0 < 20
+    errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert errors and errors[0]["node_type"] == "ToonCrafterModelLoader"
+    message = errors[0]["exception_message"]
+    assert f"save it as {comfy_server.tooncrafter_models_dir / name}" in message
+    assert "huggingface.co/Kijai/DynamiCrafter_pruned" in message

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
+from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -95,6 +97,12 @@ def download(entry: ReleasedFile, folder: str | Path, tqdm_class=None) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(entry, folder)}") from None
+    host = urlparse(entry.url).hostname
+    try:
+        # A quick probe: offline, huggingface_hub would retry for half a minute before giving up.
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        raise DownloadError(f"cannot reach {host} ({e}); {manual_instructions(entry, folder)}") from None
     folder.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s (%s) from %s", entry.name, entry.size, entry.repo_id)
     try:
