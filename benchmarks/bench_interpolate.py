@@ -1,0 +1,570 @@
+"""Benchmark of the whole ToonCrafter interpolation (`tooncrafter_core.pipeline.interpolate`) with
+random weights: text + image encoders, VAE encode, DDIM with batched classifier-free guidance,
+and the dual-reference decode (with the original's second decode).
+
+The model is built on the meta device, materialised on the target device with `to_empty` and
+filled there with deterministic small normal values (norm layers: weight 1, bias 0), so no CPU
+initialisation of the 2.6 B parameters happens. Timings and memory do not depend on the values;
+only the finiteness checks do, and random weights say little about real-weight overflow.
+
+Per dtype:
+  1. one warm-up `interpolate` with a few steps;
+  2. `--runs` timed `interpolate` calls; the step callback records a CUDA event (no sync) after
+     every DDIM step, giving ms per step, the time before the first step ends and the time after
+     the last (decode + copy to the CPU);
+  3. one phased run through the stage functions in the same order as `interpolate`, with the
+     peak-memory counter reset before each phase: conditioning (CLIP text + vision + Resampler),
+     VAE encode, sampling (`--phase-steps` steps; peak memory does not depend on the step count),
+     and decode (timed `--runs` times: the decode alone).
+
+Examples:
+  python3 benchmarks/bench_interpolate.py --device cuda --dtypes fp16,bf16 --runs 2 --json bench.json
+  python3 benchmarks/bench_interpolate.py --tiny ../shared/reference/tiny-4f-64x64 --device cpu --dtypes fp32 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tooncrafter_core import conditioning  # noqa: E402
+from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig, from_original_yaml  # noqa: E402
+from tooncrafter_core.pipeline import (  # noqa: E402
+    Conditioning,
+    ToonCrafter,
+    decode,
+    encode_keyframes,
+    encode_prompts,
+    image_context,
+    initial_latents,
+    interpolate,
+    join_context,
+    sample,
+    unconditional_image_context,
+)
+
+log = logging.getLogger("bench_interpolate")
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GIB = 1024**3
+
+
+# ---------------------------------------------------------------------------------------------
+# Device helpers
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class Clock:
+    """Marks on the device's timeline: CUDA events (no host sync) on CUDA, perf_counter elsewhere."""
+
+    def __init__(self, dev: torch.device):
+        self.cuda = dev.type == "cuda"
+
+    def mark(self):
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def seconds(self, a, b) -> float:
+        """Seconds between two marks (call after a sync)."""
+        return a.elapsed_time(b) / 1000.0 if self.cuda else b - a
+
+
+class Memory:
+    """Peak-allocation bookkeeping; all None off CUDA."""
+
+    def __init__(self, dev: torch.device):
+        self.dev = dev
+        self.cuda = dev.type == "cuda"
+
+    def allocated(self) -> Optional[int]:
+        return torch.cuda.memory_allocated(self.dev) if self.cuda else None
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            sync(self.dev)
+            torch.cuda.reset_peak_memory_stats(self.dev)
+
+    def peak(self) -> Optional[int]:
+        if not self.cuda:
+            return None
+        sync(self.dev)
+        return torch.cuda.max_memory_allocated(self.dev)
+
+
+def gib(n: Optional[int]) -> Optional[float]:
+    return None if n is None else round(n / GIB, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model with random weights
+
+
+@torch.no_grad()
+def init_random_(model: nn.Module, seed: int, std: float, dev: torch.device) -> None:
+    """Deterministic small normal values on the parameters' device; norm layers weight 1, bias 0."""
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    for module in model.modules():
+        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm))
+        for name, p in module.named_parameters(recurse=False):
+            if is_norm:
+                p.fill_(1.0 if name == "weight" else 0.0)
+            else:
+                p.normal_(0.0, std, generator=gen)
+    for name, b in model.named_buffers():  # none today; keep anything added later defined
+        if b.is_floating_point():
+            b.zero_()
+
+
+def build_model(config: ModelConfig, dtype: torch.dtype, dev: torch.device, seed: int, std: float) -> ToonCrafter:
+    with torch.device("meta"):
+        model = ToonCrafter(config, dtype=dtype, device=None)
+    model.to_empty(device=dev)
+    init_random_(model, seed, std, dev)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def param_bytes(module: Optional[nn.Module]) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def param_count(module: Optional[nn.Module]) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+COMPONENTS = {
+    "unet": "model",
+    "vae": "first_stage_model",
+    "text_encoder": "cond_stage_model",
+    "image_encoder": "embedder",
+    "resampler": "image_proj_model",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def ensure_tokenizer() -> str:
+    """open_clip's tokenizer if it imports; else a deterministic stand-in (timing only, warned)."""
+    try:
+        from open_clip.tokenizer import tokenize  # noqa: F401
+
+        return "open_clip"
+    except Exception as e:  # ImportError, or a broken optional dependency inside open_clip
+        log.warning("open_clip tokenizer unavailable (%s: %s); using a stand-in tokenizer", type(e).__name__, e)
+
+    def stand_in(prompts, context_length: int = 77) -> torch.Tensor:
+        out = torch.zeros(len(prompts), context_length, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids = [49406] + [256 + (sum(map(ord, w)) * 131) % 49000 for w in p.split()][: context_length - 2] + [49407]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    conditioning.tokenize = stand_in
+    return "stand-in"
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def keyframes(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two smooth-ish random keyframes (1 3 H W) in [-1, 1] (CPU, as a host would hand them in)."""
+    g = torch.Generator("cpu").manual_seed(seed)
+    out = []
+    for _ in range(2):
+        coarse = torch.rand(1, 3, max(1, h // 16), max(1, w // 16), generator=g) * 2 - 1
+        fine = torch.rand(1, 3, h, w, generator=g) * 0.2 - 0.1
+        img = nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False) + fine
+        out.append(img.clamp(-1, 1))
+    return out[0], out[1]
+
+
+def make_generator(kind: str, dev: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(dev if kind == "device" else "cpu").manual_seed(seed)
+
+
+def finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def timed_interpolate(model, start, end, args, sampling, options, dev, gen_seed) -> dict:
+    """One `interpolate` call: wall time plus per-step device timings from the callback."""
+    clock = Clock(dev)
+    marks = []
+    last_x = {}
+
+    def callback(i, x, x0):
+        marks.append(clock.mark())
+        if i == sampling.steps - 1:
+            last_x["x"] = x
+
+    generator = make_generator(args.generator, dev, gen_seed)
+    sync(dev)
+    t0 = time.perf_counter()
+    m0 = clock.mark()
+    error = None
+    try:
+        video = interpolate(
+            model, start, end, args.prompt, sampling, options,
+            frames=args.frames, generator=generator, callback=callback,
+        )
+    except FloatingPointError as e:  # interpolate's own finiteness check of the decoded video
+        video, error = None, str(e)
+    m1 = clock.mark()
+    sync(dev)
+    total = time.perf_counter() - t0
+    steps_s = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
+    rec = {
+        "total_s": total,
+        "until_first_step_end_s": clock.seconds(m0, marks[0]) if marks else None,
+        "after_last_step_s": clock.seconds(marks[-1], m1) if marks else None,
+        "step_ms": [s * 1000 for s in steps_s],
+        "latents_finite": finite(last_x["x"]) if "x" in last_x else None,
+        "video_finite": video is not None and finite(video),
+    }
+    if error:
+        rec["error"] = error
+    if video is not None:
+        rec["video_shape"] = list(video.shape)
+        rec["video_absmax"] = float(video.abs().max())
+    return rec
+
+
+def phased_run(model, start, end, args, sampling, options, dev) -> dict:
+    """The stages of `interpolate`, in its order, with peak memory reset before each one."""
+    clock, mem = Clock(dev), Memory(dev)
+    dtype, b = options.dtype, start.shape[0]
+    out: dict = {"phases": {}, "nonfinite": []}
+
+    def phase(name, fn):
+        mem.reset_peak()
+        base = mem.allocated()
+        sync(dev)
+        t0 = time.perf_counter()
+        res = fn()
+        sync(dev)
+        out["phases"][name] = {
+            "seconds": time.perf_counter() - t0,
+            "peak_gib": gib(mem.peak()),
+            "peak_over_start_gib": gib(None if base is None else mem.peak() - base),
+        }
+        return res
+
+    generator = make_generator(args.generator, dev, args.seed)
+    with torch.inference_mode():
+        s = start.to(dev, torch.float32)
+        e = end.to(dev, torch.float32)
+
+        def encoders():
+            text = encode_prompts(model.cond_stage_model, [args.prompt] * b, dev, dtype)
+            _, img = image_context(model.embedder, model.image_proj_model, s.to(dtype))
+            ctx = join_context(text, img)
+            unc = None
+            if sampling.cfg_scale != 1.0:
+                text_u = encode_prompts(model.cond_stage_model, [""] * b, dev, dtype)
+                _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, b, dev, dtype)
+                unc = join_context(text_u, img_u)
+            return ctx, unc
+
+        context, uncond = phase("conditioning", encoders)
+
+        def vae_encode():
+            enc = encode_keyframes(model.vae, s.to(dtype), e.to(dtype))
+            concat, x_T = initial_latents(enc, args.frames, model.config, generator, dev)
+            return enc, concat, x_T
+
+        enc, concat, x_T = phase("vae_encode", vae_encode)
+        fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
+        cond = Conditioning(context, uncond, concat.to(dtype), fs)
+        short = dataclasses.replace(sampling, steps=args.phase_steps)
+        samples = phase(
+            "sampling",
+            lambda: sample(model.unet, model.schedule, cond, short, x_T.to(dtype), generator=generator),
+        )
+        out["phases"]["sampling"]["steps"] = args.phase_steps
+
+        decode_s = []
+        video = None
+        for i in range(max(1, args.runs)):
+            m0 = clock.mark()
+            video = phase(
+                "decode",
+                lambda: decode(model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk)[1],
+            )
+            m1 = clock.mark()
+            sync(dev)
+            decode_s.append(clock.seconds(m0, m1))
+        out["phases"]["decode"]["seconds_runs"] = decode_s
+
+        for name, t in (
+            ("text+image context", context),
+            ("unconditional context", uncond),
+            ("keyframe latents (mean)", enc.mean),
+            ("sampled latents", samples),
+            ("decoded video", video),
+        ):
+            if t is not None and not finite(t):
+                out["nonfinite"].append(name)
+                log.warning("[%s] non-finite values in %s", args_dtype_name(dtype), name)
+        out["video_absmax"] = float(video.float().abs().max())
+    return out
+
+
+def args_dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict:
+    dtype = DTYPES[name]
+    mem = Memory(dev)
+    res: dict = {"dtype": name}
+
+    mem.reset_peak()
+    before = mem.allocated()
+    t0 = time.perf_counter()
+    model = build_model(config, dtype, dev, args.seed, args.init_std)
+    sync(dev)
+    res["build_s"] = time.perf_counter() - t0
+    res["weights_gib"] = gib(param_bytes(model))
+    res["weights_allocated_gib"] = gib(None if before is None else mem.allocated() - before)
+    res["components"] = {
+        k: {"params_m": round(param_count(getattr(model, a)) / 1e6, 2), "gib": gib(param_bytes(getattr(model, a)))}
+        for k, a in COMPONENTS.items()
+    }
+    log.info(
+        "[%s] built %.2f B params (%.2f GiB) on %s in %.1f s",
+        name, param_count(model) / 1e9, res["weights_gib"], dev, res["build_s"],
+    )
+
+    start, end = keyframes(args.height, args.width, args.seed)
+    options = RuntimeOptions(device=dev, dtype=dtype, decode_chunk=args.decode_chunk)
+    sampling = SamplingConfig(steps=args.steps, second_decode=not args.no_second_decode)
+
+    # Warm-up (kernels, cuBLAS/cuDNN heuristics, allocator).
+    warm = dataclasses.replace(sampling, steps=args.warmup_steps)
+    t0 = time.perf_counter()
+    w = timed_interpolate(model, start, end, args, warm, options, dev, args.seed)
+    res["warmup_s"] = time.perf_counter() - t0
+    log.info("[%s] warm-up (%d steps): %.2f s", name, args.warmup_steps, res["warmup_s"])
+    if not w["video_finite"]:
+        log.warning("[%s] warm-up output not finite: %s", name, w.get("error", "non-finite video"))
+
+    runs = []
+    for i in range(args.runs):
+        mem.reset_peak()
+        r = timed_interpolate(model, start, end, args, sampling, options, dev, args.seed + 1 + i)
+        r["peak_gib"] = gib(mem.peak())
+        runs.append(r)
+        step_ms = statistics.median(r["step_ms"]) if r["step_ms"] else float("nan")
+        log.info(
+            "[%s] run %d: %.2f s total, %.1f ms/step (median), %.2f s before the first step ended, "
+            "%.2f s after the last (decode + copy), peak %s GiB",
+            name, i + 1, r["total_s"], step_ms, r["until_first_step_end_s"] or 0.0,
+            r["after_last_step_s"] or 0.0, r["peak_gib"],
+        )
+        if not (r["video_finite"] and r["latents_finite"] is not False):
+            log.warning(
+                "[%s] run %d: non-finite output (latents finite: %s, video finite: %s) %s",
+                name, i + 1, r["latents_finite"], r["video_finite"], r.get("error", ""),
+            )
+    res["runs"] = runs
+
+    ph = phased_run(model, start, end, args, sampling, options, dev)
+    res.update(ph)
+    for pname, p in ph["phases"].items():
+        log.info("[%s] phase %-12s %.3f s, peak %s GiB", name, pname, p["seconds"], p["peak_gib"])
+
+    # Summary numbers.
+    all_steps = [s for r in runs for s in r["step_ms"]]
+    totals = [r["total_s"] for r in runs]
+    res["summary"] = {
+        "total_s_mean": statistics.mean(totals) if totals else None,
+        "total_s_min": min(totals) if totals else None,
+        "step_ms_median": statistics.median(all_steps) if all_steps else None,
+        "step_ms_mean": statistics.mean(all_steps) if all_steps else None,
+        "sampling_s_est": statistics.mean(all_steps) * args.steps / 1000 if all_steps else None,
+        "decode_s_min": min(ph["phases"]["decode"]["seconds_runs"]),
+        "after_last_step_s_mean": statistics.mean(r["after_last_step_s"] for r in runs) if runs else None,
+        "peak_run_gib": max((r["peak_gib"] for r in runs if r["peak_gib"] is not None), default=None),
+        "all_finite": all(r["video_finite"] and r["latents_finite"] is not False for r in runs) and not ph["nonfinite"],
+    }
+
+    del model
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(results: dict, args) -> str:
+    cols = [
+        ("dtype", 6, lambda r: r["dtype"], "s"),
+        ("total s", 9, lambda r: r["summary"]["total_s_mean"], ".2f"),
+        ("ms/step", 9, lambda r: r["summary"]["step_ms_median"], ".1f"),
+        ("sample s", 9, lambda r: r["summary"]["sampling_s_est"], ".2f"),
+        ("decode s", 9, lambda r: r["summary"]["decode_s_min"], ".2f"),
+        ("weights", 8, lambda r: r["weights_gib"], ".2f"),
+        ("pk cond", 8, lambda r: r["phases"]["conditioning"]["peak_gib"], ".2f"),
+        ("pk enc", 8, lambda r: r["phases"]["vae_encode"]["peak_gib"], ".2f"),
+        ("pk samp", 8, lambda r: r["phases"]["sampling"]["peak_gib"], ".2f"),
+        ("pk dec", 8, lambda r: r["phases"]["decode"]["peak_gib"], ".2f"),
+        ("pk run", 8, lambda r: r["summary"]["peak_run_gib"], ".2f"),
+        ("finite", 6, lambda r: "yes" if r["summary"]["all_finite"] else "NO", "s"),
+    ]
+    head = " ".join(f"{c:>{w}}" for c, w, _, _ in cols)
+    lines = [
+        f"{args.frames} frames {args.height}x{args.width}, {args.steps} DDIM steps, CFG batched, "
+        f"second decode {'off' if args.no_second_decode else 'on'}; times in s, memory in GiB (peaks include weights)",
+        head,
+        "-" * len(head),
+    ]
+    for r in results.values():
+        lines.append(" ".join(f"{fmt(get(r), spec):>{w}}" for _, w, get, spec in cols))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtypes", default="fp16,bf16", help="comma-separated: fp32, fp16, bf16")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps of the timed runs")
+    p.add_argument("--runs", type=int, default=2, help="timed runs per dtype (also decode repetitions)")
+    p.add_argument("--warmup-steps", type=int, default=3, help="steps of the one warm-up run")
+    p.add_argument("--phase-steps", type=int, default=2, help="steps of the phased (memory) run")
+    p.add_argument("--height", type=int, help="default: the model's (320; --tiny: the case's)")
+    p.add_argument("--width", type=int, help="default: the model's (512; --tiny: the case's)")
+    p.add_argument("--frames", type=int, help="default: the model's (16; --tiny: the case's)")
+    p.add_argument("--tiny", type=Path, metavar="CASE_DIR", help="use a reference case's config.yaml (smoke test)")
+    p.add_argument("--prompt", default="a cartoon cat waves")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-std", type=float, default=0.02, help="std of the random weights")
+    p.add_argument("--generator", choices=("cpu", "device"), default="cpu",
+                   help="where random draws are made (cpu: as the CLI and the nodes do)")
+    p.add_argument("--decode-chunk", type=int, help="frames per VAE decode call (default: all at once)")
+    p.add_argument("--no-second-decode", action="store_true")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full results here")
+    args = p.parse_args(argv)
+    names = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    bad = [d for d in names if d not in DTYPES]
+    if bad or not names:
+        p.error(f"--dtypes: unknown {bad}; choose from {sorted(DTYPES)}")
+    args.dtype_names = names
+    if args.runs < 1 or args.steps < 2:
+        p.error("--runs must be >= 1 and --steps >= 2 (per-step timing needs two steps)")
+    return args
+
+
+def load_config(args) -> ModelConfig:
+    if args.tiny is None:
+        return ModelConfig()
+    config = from_original_yaml(args.tiny / "config.yaml")
+    ref = args.tiny / "reference.json"
+    if ref.is_file():
+        case = json.loads(ref.read_text())
+        args.height = args.height or case.get("height")
+        args.width = args.width or case.get("width")
+        args.frames = args.frames or case.get("frames")
+    return config
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        log.error("--device %s: CUDA is not available", args.device)
+        return 2
+    config = load_config(args)
+    args.height = args.height or config.pixel_size[0]
+    args.width = args.width or config.pixel_size[1]
+    args.frames = args.frames or config.frames
+    tokenizer = ensure_tokenizer()
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "tokenizer": tokenizer,
+        "cuda": torch.version.cuda,
+    }
+    if dev.type == "cuda":
+        env["device_memory_gib"] = gib(torch.cuda.get_device_properties(dev).total_memory)
+    log.info("environment: %s", env)
+    log.info(
+        "config: %s, %d frames %dx%d, %d steps, dtypes %s, %d timed runs",
+        f"tiny ({args.tiny})" if args.tiny else "full ModelConfig()", args.frames, args.height, args.width,
+        args.steps, ",".join(args.dtype_names), args.runs,
+    )
+
+    results = {}
+    failed = {}
+    for name in args.dtype_names:
+        try:
+            results[name] = bench_dtype(name, config, args, dev)
+        except Exception as e:  # keep the other dtypes' numbers
+            log.exception("[%s] failed", name)
+            failed[name] = f"{type(e).__name__}: {e}"
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+
+    if results:
+        log.info("summary\n%s", table(results, args))
+    summary = {
+        "environment": env,
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k != "json"
+        },
+        "results": results,
+        "failed": failed,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1))
+        log.info("wrote %s", args.json)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
