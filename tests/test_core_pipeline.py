@@ -188,3 +188,17 @@ def test_core_imports_no_host_or_heavy_framework():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_batches_of_pairs_and_other_frame_counts(tiny_model):
+    start, end = _keyframes()
+    s = SamplingConfig(steps=2)
+    two = interpolate(tiny_model, torch.cat([start, end]), torch.cat([end, start]), "x", s,
+                      generator=torch.Generator().manual_seed(0))
+    assert two.shape == (2, 3, 4, 64, 64) and torch.isfinite(two).all()
+    assert not torch.allclose(two[0], two[1])
+    # More frames than the model was trained with: the context is shared by all frames (as the original).
+    six = interpolate(tiny_model, start, end, "x", s, frames=6, generator=torch.Generator().manual_seed(0))
+    assert six.shape == (1, 3, 6, 64, 64) and torch.isfinite(six).all()
+    with pytest.raises(InputError, match="at least 2"):
+        interpolate(tiny_model, start, end, "x", s, frames=1)
