@@ -46,15 +46,12 @@ from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig,
 from tooncrafter_core.pipeline import (  # noqa: E402
     Conditioning,
     ToonCrafter,
+    contexts,
     decode,
     encode_keyframes,
-    encode_prompts,
-    image_context,
     initial_latents,
     interpolate,
-    join_context,
     sample,
-    unconditional_image_context,
 )
 
 log = logging.getLogger("bench_interpolate")
@@ -282,15 +279,7 @@ def phased_run(model, start, end, args, sampling, options, dev) -> dict:
         e = end.to(dev, torch.float32)
 
         def encoders():
-            text = encode_prompts(model.cond_stage_model, [args.prompt] * b, dev, dtype)
-            _, img = image_context(model.embedder, model.image_proj_model, s.to(dtype))
-            ctx = join_context(text, img)
-            unc = None
-            if sampling.cfg_scale != 1.0:
-                text_u = encode_prompts(model.cond_stage_model, [""] * b, dev, dtype)
-                _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, b, dev, dtype)
-                unc = join_context(text_u, img_u)
-            return ctx, unc
+            return contexts(model, s.to(dtype), [args.prompt] * b, sampling.cfg_scale != 1.0, dev, dtype)
 
         context, uncond = phase("conditioning", encoders)
 

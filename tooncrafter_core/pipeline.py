@@ -113,6 +113,20 @@ def external_text_context(hidden: torch.Tensor, config: ModelConfig) -> torch.Te
     return hidden[:, :n]
 
 
+def contexts(
+    model: "ToonCrafter", start: torch.Tensor, prompts: Sequence[str], negative: bool, device, dtype
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The model's own encoders: (positive context, negative context or None). The negative is
+    the original's: the empty prompt and the all-zero image."""
+    text = encode_prompts(model.cond_stage_model, prompts, device, dtype)
+    _, img = image_context(model.embedder, model.image_proj_model, start)
+    if not negative:
+        return join_context(text, img), None
+    text_u = encode_prompts(model.cond_stage_model, [""] * len(prompts), device, dtype)
+    _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, len(prompts), device, dtype)
+    return join_context(text, img), join_context(text_u, img_u)
+
+
 def check_vision_tokens(tokens: torch.Tensor, config: ModelConfig) -> None:
     """Tokens from a host's CLIP vision model must be the ViT-H-14 ones the Resampler was trained on."""
     width, n = config.resampler.embedding_dim, config.vision.num_tokens
@@ -307,15 +321,7 @@ def interpolate(
         raise InputError(f"got {len(prompts)} prompts for {b} keyframe pairs")
 
     with torch.inference_mode():
-        text = encode_prompts(model.cond_stage_model, prompts, dev, dtype)
-        _, img = image_context(model.embedder, model.image_proj_model, start.to(dtype))
-        context = join_context(text, img)
-        uncond = None
-        if sampling.cfg_scale != 1.0:
-            text_u = encode_prompts(model.cond_stage_model, [""] * b, dev, dtype)
-            _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, b, dev, dtype)
-            uncond = join_context(text_u, img_u)
-
+        context, uncond = contexts(model, start.to(dtype), prompts, sampling.cfg_scale != 1.0, dev, dtype)
         enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
         concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
         fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
