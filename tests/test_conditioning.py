@@ -14,3 +14,49 @@ def test_resize_matches_kornia_antialiased_bicubic(size):
     ours = resize_antialiased(x, (224, 224))
     theirs = kornia.geometry.resize(x, (224, 224), interpolation="bicubic", align_corners=True, antialias=True)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("quick_gelu", [False, True])
+def test_our_openclip_towers_match_open_clip(tmp_path, quick_gelu):
+    """Our text/vision towers against open_clip's own modules, same random weights."""
+    import json
+
+    import open_clip
+
+    from helpers import TINY
+    from tooncrafter_core.conditioning import TextTower, VisionTower
+    from tooncrafter_core.config import _openclip_arch
+
+    arch = json.loads((TINY / "TC-Tiny.json").read_text())
+    arch["quick_gelu"] = quick_gelu
+    arch["text_cfg"]["mlp_ratio"] = 2.0
+    name = f"TC-Test-{int(quick_gelu)}"
+    (tmp_path / f"{name}.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    torch.manual_seed(0)
+    ref = open_clip.create_model(name, pretrained=None).eval()
+    text_cfg, vision_cfg = _openclip_arch(name, tmp_path)
+    text = TextTower(text_cfg)
+    loaded = text.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("visual.")}, strict=False)
+    assert loaded.missing_keys == [] and set(loaded.unexpected_keys) <= {"attn_mask"}
+    vision = VisionTower(vision_cfg)
+    vision.load_state_dict({k[len("visual."):]: v for k, v in ref.state_dict().items() if k.startswith("visual.")})
+
+    tokens = open_clip.tokenize(["a cartoon cat waves", ""])
+    with torch.no_grad():
+        x = ref.token_embedding(tokens) + ref.positional_embedding
+        batch_first = getattr(ref.transformer, "batch_first", False)
+        x = x if batch_first else x.permute(1, 0, 2)
+        for block in ref.transformer.resblocks[:-1]:  # penultimate layer, as ToonCrafter
+            x = block(x, attn_mask=ref.attn_mask)
+        expected = ref.ln_final(x if batch_first else x.permute(1, 0, 2))
+        torch.testing.assert_close(text(tokens, torch.float32), expected, rtol=1e-4, atol=1e-5)
+
+        pixels = torch.randn(2, 3, 224, 224)
+        v = ref.visual
+        y = v.conv1(pixels).flatten(2).transpose(1, 2)
+        y = torch.cat([v.class_embedding.expand(2, 1, -1), y], dim=1) + v.positional_embedding
+        y = v.ln_pre(y)
+        y = v.transformer(y if getattr(v.transformer, "batch_first", False) else y.permute(1, 0, 2))
+        y = y if getattr(v.transformer, "batch_first", False) else y.permute(1, 0, 2)
+        torch.testing.assert_close(vision(pixels), y, rtol=1e-4, atol=1e-5)

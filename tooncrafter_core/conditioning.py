@@ -45,8 +45,15 @@ class SelfAttention(nn.Module):
         return self.out_proj(rearrange(out, "b h n d -> b n (h d)"))
 
 
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_ratio: float, dtype=None, device=None, operations=Default):
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, quick_gelu: bool = False, dtype=None, device=None, operations=Default
+    ):
         super().__init__()
         kw = dict(dtype=dtype, device=device)
         hidden = int(width * mlp_ratio)
@@ -55,7 +62,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = operations.LayerNorm(width, **kw)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", operations.Linear(width, hidden, **kw))
-        self.mlp.add_module("gelu", nn.GELU())
+        self.mlp.add_module("gelu", QuickGELU() if quick_gelu else nn.GELU())
         self.mlp.add_module("c_proj", operations.Linear(hidden, width, **kw))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
@@ -64,10 +71,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, dtype=None, device=None, operations=Default):
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float, quick_gelu: bool = False, dtype=None, device=None, operations=Default
+    ):
         super().__init__()
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, dtype=dtype, device=device, operations=operations)
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu, dtype=dtype, device=device, operations=operations)
             for _ in range(layers)
         )
 
@@ -84,7 +93,7 @@ class TextTower(nn.Module):
         self.config = cfg
         self.token_embedding = operations.Embedding(cfg.vocab_size, cfg.width, **kw)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width, **kw))
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, operations=operations, **kw)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.quick_gelu, operations=operations, **kw)
         self.ln_final = operations.LayerNorm(cfg.width, **kw)
         # Present in the checkpoint, unused by ToonCrafter (it takes token features, not the pooled embedding).
         self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim, **kw))
@@ -154,7 +163,7 @@ class VisionTower(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(cfg.width, **kw))
         self.positional_embedding = nn.Parameter(torch.empty(cfg.num_tokens, cfg.width, **kw))
         self.ln_pre = operations.LayerNorm(cfg.width, **kw)
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, operations=operations, **kw)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.quick_gelu, operations=operations, **kw)
         # Present in the checkpoint, unused: ToonCrafter takes the tokens before ln_post / proj.
         self.ln_post = operations.LayerNorm(cfg.width, **kw)
         self.proj = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim, **kw))

@@ -90,6 +90,7 @@ class TextEncoderConfig:
     mlp_ratio: float = 4.0
     embed_dim: int = 1024
     layers_skipped: int = 1
+    quick_gelu: bool = False  # OpenCLIP's `quick_gelu` architectures (OpenAI-style activation)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class VisionEncoderConfig:
     layers: int = 32
     mlp_ratio: float = 4.0
     embed_dim: int = 1024
+    quick_gelu: bool = False
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
@@ -225,23 +227,31 @@ def _openclip_arch(name: str, search_dir: Optional[Path]) -> tuple[TextEncoderCo
             f"(looked in: {', '.join(str(c) for c in candidates)})"
         )
     t, v = arch["text_cfg"], arch["vision_cfg"]
+    for part, cfg in (("text_cfg", t), ("vision_cfg", v)):
+        unsupported = [k for k in ("ls_init_value", "no_ln_pre", "attentional_pool", "embed_cls") if cfg.get(k)]
+        if unsupported:
+            raise ConfigError(f"OpenCLIP architecture {name!r}: {part} options {unsupported} are not supported")
+    quick_gelu = bool(arch.get("quick_gelu", False))
+    # Defaults are OpenCLIP's CLIPTextCfg / CLIPVisionCfg defaults, for jsons that omit a field.
     text = TextEncoderConfig(
         context_length=t.get("context_length", 77),
         vocab_size=t.get("vocab_size", 49408),
-        width=t["width"],
-        heads=t["heads"],
-        layers=t["layers"],
+        width=t.get("width", 512),
+        heads=t.get("heads", 8),
+        layers=t.get("layers", 12),
         mlp_ratio=t.get("mlp_ratio", 4.0),
         embed_dim=arch["embed_dim"],
+        quick_gelu=quick_gelu,
     )
     vision = VisionEncoderConfig(
         image_size=v.get("image_size", 224),
-        patch_size=v["patch_size"],
-        width=v["width"],
+        patch_size=v.get("patch_size", 16),
+        width=v.get("width", 768),
         head_width=v.get("head_width", 64),
-        layers=v["layers"],
+        layers=v.get("layers", 12),
         mlp_ratio=v.get("mlp_ratio", 4.0),
         embed_dim=arch["embed_dim"],
+        quick_gelu=quick_gelu,
     )
     return text, vision
 
