@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Optional
 
@@ -45,8 +46,6 @@ EXAMPLE_KEYFRAMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 def install_example_keyframes() -> None:
     """Copy the example workflows' keyframes into ComfyUI's input folder so LoadImage finds them."""
-    import shutil
-
     target = folder_paths.get_input_directory()
     for name in sorted(os.listdir(EXAMPLE_KEYFRAMES)):
         dst = os.path.join(target, name)
