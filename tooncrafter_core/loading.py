@@ -52,9 +52,6 @@ CHECKPOINT_ONLY_KEYS: dict[str, str] = {
     },
 }
 
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message says which file and what to do."""
 

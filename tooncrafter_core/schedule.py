@@ -87,6 +87,3 @@ class Schedule:
 
     def v_to_x0(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self._at(self.sqrt_alphas_cumprod, t, x) * x - self._at(self.sqrt_one_minus_alphas_cumprod, t, x) * v
-
-    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
