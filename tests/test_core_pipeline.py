@@ -13,7 +13,7 @@ from tooncrafter_core import frames
 from tooncrafter_core.config import RuntimeOptions, SamplingConfig
 from tooncrafter_core.loading import load_model
 from tooncrafter_core.pipeline import InputError, interpolate
-from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps
+from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps, ddim_update
 from tooncrafter_core.schedule import Schedule
 from tooncrafter_core.config import ScheduleConfig
 
@@ -118,6 +118,45 @@ def test_zero_terminal_snr_and_dynamic_rescale():
     assert [s.t for s in plan] == [999, 749, 499, 249]
     assert all(s.sigma == 0 for s in plan)
     assert plan[0].rescale > 1.0 or plan[0].rescale == pytest.approx(1.0)
+
+
+def _original_step_coefficients(sched, steps, spacing, eta):
+    """The original's arithmetic, written as it is there: make_ddim_sampling_parameters mixes a
+    float32 tensor with a float64 array, and each step re-creates its scalars as float32 tensors."""
+    ac = sched.alphas_cumprod
+    ts = ddim_timesteps(steps, spacing)
+    alphas = ac[ts]
+    alphas_prev = np.asarray([ac[0].item()] + ac[ts[:-1]].tolist())
+    sigmas = eta * np.sqrt((1 - alphas_prev) / (1 - alphas.numpy().astype(np.float64)) * (1 - alphas.numpy().astype(np.float64) / alphas_prev))
+    out = []
+    for i in reversed(range(len(ts))):
+        a_prev = torch.full((1,), alphas_prev[i])
+        sigma_t = torch.full((1,), sigmas[i])
+        out.append(((1.0 - a_prev - sigma_t**2).item(), sigma_t.item()))
+    return out
+
+
+@pytest.mark.parametrize("steps,spacing,eta", [(50, "uniform_trailing", 1.0), (6, "uniform_trailing", 1.0),
+                                               (25, "uniform_trailing", 1.0), (4, "uniform", 1.0), (50, "uniform_trailing", 0.5)])
+def test_ddim_coefficients_follow_the_originals_float32_arithmetic(steps, spacing, eta):
+    sched = Schedule.from_config(ScheduleConfig())
+    plan = ddim_plan(sched, steps, spacing, eta)
+    for step, (dir_var, sigma) in zip(plan, _original_step_coefficients(sched, steps, spacing, eta)):
+        assert step.sigma == sigma
+        assert step.dir_coef == pytest.approx(max(dir_var, 0.0) ** 0.5, rel=1e-6, abs=0.0)
+
+
+def test_first_zero_snr_step_keeps_the_originals_rounding_residue():
+    sched = Schedule.from_config(ScheduleConfig())
+    # 50 and 6 trailing steps leave +2^-24 in float32: 2.44e-4 of eps stays in x_prev.
+    for steps in (50, 6):
+        assert ddim_plan(sched, steps, "uniform_trailing", 1.0)[0].dir_coef == pytest.approx(2 ** -12, rel=1e-6)
+    # 25 steps round to -2^-24, where the original's sqrt gives NaN: clamped to 0.
+    assert ddim_plan(sched, 25, "uniform_trailing", 1.0)[0].dir_coef == 0.0
+    step = ddim_plan(sched, 50, "uniform_trailing", 1.0)[0]
+    eps, x0, noise = torch.ones(1, 2), torch.zeros(1, 2), torch.zeros(1, 2)
+    x_prev, _ = ddim_update(torch.zeros(1, 2), eps, x0, step, noise)
+    assert x_prev[0, 0].item() == pytest.approx(2 ** -12, rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -43,15 +43,22 @@ class DDIMStep:
     alpha_prev: float  # alpha-bar at the next (lower) step
     sigma: float
     rescale: float  # dynamic rescale of x0: scale_arr[prev] / scale_arr[t]
+    dir_coef: float  # sqrt(1 - alpha_prev - sigma^2), the weight of eps in x_prev
 
 
 def ddim_plan(schedule: Schedule, steps: int, spacing: str, eta: float) -> list[DDIMStep]:
-    """The steps in sampling order (highest t first)."""
+    """The steps in sampling order (highest t first), with the original's arithmetic: sigma in
+    float64 from the float32 alpha-bars, then everything a step uses rounded to float32."""
     ts = ddim_timesteps(steps, spacing, schedule.num_timesteps)
     ac = schedule.alphas_cumprod
-    alphas = ac[ts]
-    alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]])
-    sigmas = eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))
+    alphas = ac[ts].double()
+    alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]]).double()
+    sigmas = (eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))).float()
+    # The original evaluates 1 - a_prev - sigma^2 in float32 at every step. At zero terminal SNR
+    # the first step's exact value is 0, but its rounding leaves +-2^-24 depending on the step
+    # count (50 or 6 trailing steps: +5.96e-8, so 2.44e-4 * eps is kept). Reproduce that, and
+    # clamp only where it went negative (the original's sqrt would give NaN there).
+    dir_coefs = (1.0 - alphas_prev.float() - sigmas**2).clamp(min=0.0).sqrt()
     if schedule.scale_arr is not None:
         scale = schedule.scale_arr[ts]
         scale_prev = torch.cat([scale[:1], scale[:-1]])
@@ -59,7 +66,9 @@ def ddim_plan(schedule: Schedule, steps: int, spacing: str, eta: float) -> list[
     else:
         rescale = torch.ones(len(ts))
     plan = [
-        DDIMStep(int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]), float(rescale[i]))
+        DDIMStep(
+            int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]), float(rescale[i]), float(dir_coefs[i])
+        )
         for i in range(len(ts))
     ]
     return plan[::-1]
@@ -123,9 +132,7 @@ def ddim_update(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update (Song et al. 2021, Eq. 12) with the original's dynamic rescale of x0."""
     x0 = x0 * step.rescale
-    # Clamped: at a zero-SNR first step with eta 1 the difference is 0 up to rounding.
-    dir_xt = max(0.0, 1.0 - step.alpha_prev - step.sigma**2) ** 0.5 * eps
-    x_prev = step.alpha_prev**0.5 * x0 + dir_xt
+    x_prev = step.alpha_prev**0.5 * x0 + step.dir_coef * eps
     if step.sigma > 0:
         if noise is None:
             raise ValueError("a stochastic DDIM step (eta > 0) needs noise")
