@@ -7,6 +7,7 @@ All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -14,14 +15,32 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .ops import Default, norm_fp32
+from .ops import Default, group_norm, norm_silu
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Multi-head softmax attention; q (b n (h d)), k/v (b m (h d)) -> (b n (h d))."""
+    """Multi-head softmax attention; q (B n (h d)), k/v (b m (h d)) -> (B n (h d)).
+
+    B may be a multiple of b (B = b * frames): then the frames of a clip share its keys, and their
+    queries are stacked into one sequence, `(b t) n c -> b (t n) c`. That is exact (softmax rows are
+    independent) and the keys are projected once per clip instead of once per frame.
+    """
+    batch = q.shape[0]
+    if batch != k.shape[0]:
+        q = q.reshape(k.shape[0], -1, q.shape[-1])
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, d); scale d**-0.5 as the original
-    return rearrange(out, "b h n d -> b n (h d)")
+    return rearrange(out, "b h n d -> b n (h d)").reshape(batch, -1, out.shape[1] * out.shape[3])
+
+
+@dataclass(frozen=True)
+class FrameContext:
+    """The spatial cross-attention context of a clip of `frames` frames: text tokens once per clip
+    (b m c) and image tokens per frame ((b t) k c) or per clip (b k c), all contiguous."""
+
+    text: torch.Tensor
+    image: torch.Tensor
+    frames: int
 
 
 class CrossAttention(nn.Module):
@@ -59,15 +78,15 @@ class CrossAttention(nn.Module):
                 self.alpha = nn.Parameter(torch.zeros((), **kw))
         self.image_scale_learnable = image_cross_attention and image_scale_learnable
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[FrameContext] = None) -> torch.Tensor:
+        """x ((b t) n c); context None for self-attention."""
         q = self.to_q(x)
         if context is None:
             out = attention(q, self.to_k(x), self.to_v(x), self.heads)
             return self.to_out(out)
-        text, image = context[:, : self.text_tokens], context[:, self.text_tokens :]
-        out = attention(q, self.to_k(text), self.to_v(text), self.heads)
+        out = attention(q, self.to_k(context.text), self.to_v(context.text), self.heads)
         if self.image_cross_attention:
-            out_ip = attention(q, self.to_k_ip(image), self.to_v_ip(image), self.heads)
+            out_ip = attention(q, self.to_k_ip(context.image), self.to_v_ip(context.image), self.heads)
             if self.image_scale_learnable:
                 out_ip = out_ip * (torch.tanh(self.alpha.to(out_ip)) + 1)
             out = out + out_ip
@@ -126,7 +145,7 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = operations.LayerNorm(dim, dtype=dtype, device=device)
         self.norm3 = operations.LayerNorm(dim, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Optional[FrameContext] = None) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
@@ -177,14 +196,16 @@ class SpatialTransformer(_FrameTransformer):
         ]
         super().__init__(channels, inner, use_linear, operations.Conv2d, blocks, **kw)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """x ((b t) c h w), context ((b t) l c)."""
+    def forward(self, x: torch.Tensor, context: FrameContext) -> torch.Tensor:
+        """x ((b t) c h w)."""
         _, _, h, w = x.shape
         x_in = x
-        x = norm_fp32(self.norm, x)
+        x = group_norm(self.norm, x)
         if not self.use_linear:
             x = self.proj_in(x)
-        x = rearrange(x, "b c h w -> b (h w) c")
+        # Contiguous: a Linear over a permuted view falls back to a batched matmul that copies its
+        # weight once per batch entry (the slowest part of a bf16 CPU step).
+        x = rearrange(x, "b c h w -> b (h w) c").contiguous()
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
@@ -220,11 +241,11 @@ class TemporalTransformer(_FrameTransformer):
         """x (b c t h w) -> (b c t h w)."""
         b, _, t, h, w = x.shape
         x_in = x
-        x = norm_fp32(self.norm, x)
+        x = group_norm(self.norm, x)
         x = rearrange(x, "b c t h w -> (b h w) c t")
         if not self.use_linear:
             x = self.proj_in(x)
-        x = rearrange(x, "n c t -> n t c")
+        x = rearrange(x, "n c t -> n t c").contiguous()  # see SpatialTransformer
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:

@@ -20,13 +20,24 @@ class Default:
     Embedding = nn.Embedding
 
 
-def norm_fp32(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """Apply a GroupNorm layer in fp32 and return the input's dtype (half-precision safety)."""
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32 and norm.weight.device == x.device:
+def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """Apply a GroupNorm layer in the activation's dtype.
+
+    The half-precision kernels (CPU and CUDA) accumulate mean and variance in fp32 and round once
+    at the end, which is as accurate as normalising an fp32 copy, without the two full copies.
+    Weights kept in another dtype or on another device (host-managed) are cast to the activation's.
+    """
+    w = norm.weight
+    if w is None or (w.dtype == x.dtype and w.device == x.device):
         return norm(x)
-    w = None if norm.weight is None else norm.weight.to(device=x.device, dtype=torch.float32)
-    b = None if norm.bias is None else norm.bias.to(device=x.device, dtype=torch.float32)
-    return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).to(x.dtype)
+    b = None if norm.bias is None else param(norm.bias, x)
+    return F.group_norm(x, norm.num_groups, param(w, x), b, norm.eps)
+
+
+def norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(GroupNorm(x)), the SiLU in place on the fresh normalised tensor (inference only)."""
+    h = group_norm(norm, x)
+    return F.silu(h, inplace=not h.requires_grad)
 
 
 def param(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .attention import SpatialTransformer, TemporalTransformer
+from .attention import FrameContext, SpatialTransformer, TemporalTransformer
 from .config import UNetConfig
-from .ops import Default, norm_fp32
+from .ops import Default, group_norm, norm_silu
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -56,7 +56,7 @@ class TemporalConvBlock(nn.Module):
         """x (b c t h w)."""
         h = x
         for stage in (self.conv1, self.conv2, self.conv3, self.conv4):
-            h = stage[-1](F.silu(norm_fp32(stage[0], h)))
+            h = stage[-1](norm_silu(stage[0], h))
         return x + h
 
 
@@ -99,9 +99,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, batch: int) -> torch.Tensor:
         """x ((b t) c h w), emb ((b t) e)."""
-        h = self.in_layers[2](F.silu(norm_fp32(self.in_layers[0], x)))
+        h = self.in_layers[2](norm_silu(self.in_layers[0], x))
         h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
-        h = self.out_layers[3](F.silu(norm_fp32(self.out_layers[0], h)))
+        h = self.out_layers[3](norm_silu(self.out_layers[0], h))
         h = self.skip_connection(x) + h
         if self.temporal_conv:
             h = rearrange(h, "(b t) c h w -> b c t h w", b=batch)
@@ -131,7 +131,7 @@ class Upsample(nn.Module):
 class TimestepEmbedSequential(nn.Sequential):
     """Runs its children, giving each the inputs it takes (emb, context, or frames unfolded)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, batch: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: FrameContext, batch: int) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb, batch)
@@ -233,19 +233,17 @@ class UNetModel(nn.Module):
             operations.Conv2d(mc, cfg.out_channels, 3, padding=1, dtype=dtype, device=device),
         )
 
-    def frame_context(self, context: torch.Tensor, frames: int) -> torch.Tensor:
-        """(b l c) -> ((b t) l' c): text tokens for every frame plus that frame's image tokens.
+    def frame_context(self, context: torch.Tensor, frames: int) -> FrameContext:
+        """(b l c) -> text tokens (b 77 c) and image tokens ((b t) q c) per frame.
 
         A context laid out as text + `image_tokens_per_frame` tokens per frame is split per frame;
         any other context is shared by all frames, as in the original.
         """
         cfg = self.config
+        text, image = context[:, : cfg.text_tokens].contiguous(), context[:, cfg.text_tokens :]
         if context.shape[1] == cfg.text_tokens + frames * cfg.image_tokens_per_frame:
-            text, image = context[:, : cfg.text_tokens], context[:, cfg.text_tokens :]
-            text = text.repeat_interleave(frames, dim=0)
             image = rearrange(image, "b (t l) c -> (b t) l c", t=frames)
-            return torch.cat([text, image], dim=1)
-        return context.repeat_interleave(frames, dim=0)
+        return FrameContext(text, image.contiguous(), frames)
 
     def forward(
         self,
@@ -275,5 +273,5 @@ class UNetModel(nn.Module):
         h = self.middle_block(h, emb, context, b)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
-        h = self.out[2](F.silu(norm_fp32(self.out[0], h)))
+        h = self.out[2](norm_silu(self.out[0], h))
         return rearrange(h, "(b t) c h w -> b c t h w", b=b)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .attention import attention
 from .config import VAEConfig
-from .ops import Default, norm_fp32, param
+from .ops import Default, group_norm, norm_silu, param
 
 
 def _norm(channels: int, dtype, device, operations) -> nn.Module:
@@ -36,8 +36,8 @@ class ResnetBlock(nn.Module):
         self.has_shortcut = in_channels != out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(norm_fp32(self.norm1, x)))
-        h = self.conv2(F.silu(norm_fp32(self.norm2, h)))
+        h = self.conv1(norm_silu(self.norm1, x))
+        h = self.conv2(norm_silu(self.norm2, h))
         return (self.nin_shortcut(x) if self.has_shortcut else x) + h
 
 
@@ -55,7 +55,7 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, c, h, w = x.shape
-        h_ = norm_fp32(self.norm, x)
+        h_ = group_norm(self.norm, x)
         q, k, v = (rearrange(f(h_), "b c h w -> b (h w) c") for f in (self.q, self.k, self.v))
         out = attention(q, k, v, heads=1)
         return x + self.proj_out(rearrange(out, "b (h w) c -> b c h w", h=h, w=w))
@@ -124,7 +124,7 @@ class Encoder(nn.Module):
                 h = down.downsample(h)
         hidden.append(first)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
-        h = self.conv_out(F.silu(norm_fp32(self.norm_out, h)))
+        h = self.conv_out(norm_silu(self.norm_out, h))
         return h, hidden
 
 
@@ -147,8 +147,8 @@ class TimeStackBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.in_layers[2](F.silu(norm_fp32(self.in_layers[0], x)))
-        h = self.out_layers[3](F.silu(norm_fp32(self.out_layers[0], h)))
+        h = self.in_layers[2](norm_silu(self.in_layers[0], x))
+        h = self.out_layers[3](norm_silu(self.out_layers[0], h))
         return x + h
 
 
@@ -209,7 +209,7 @@ class FusionCrossAttention(nn.Module):
         b = context.shape[0]
         _, c, h, w = x.shape
         # All frames of a clip share the same keys, so frames are stacked into one query sequence.
-        q = self.to_q(rearrange(norm_fp32(self.norm, x), "(b t) c h w -> b (t h w) c", b=b))
+        q = self.to_q(rearrange(group_norm(self.norm, x), "(b t) c h w -> b (t h w) c", b=b))
         ctx = rearrange(context.to(x.dtype), "b c l h w -> b (l h w) c")
         out = attention(q, self.to_k(ctx), self.to_v(ctx), self.heads)
         out = rearrange(self.to_out(out), "b (t h w) c -> (b t) c h w", h=h, w=w)
@@ -296,7 +296,7 @@ class VideoDecoder(nn.Module):
             h = self.attn_refinement[level](h, refs[level], first, last)
             if level != 0:
                 h = up.upsample(h)
-        h = F.silu(norm_fp32(self.norm_out, h))
+        h = norm_silu(self.norm_out, h)
         h = self.attn_refinement[-1](h, refs[-1], first, last)
         return self.conv_out(h, frames)
 
