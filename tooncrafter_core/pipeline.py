@@ -117,14 +117,20 @@ def contexts(
     model: "ToonCrafter", start: torch.Tensor, prompts: Sequence[str], negative: bool, device, dtype
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The model's own encoders: (positive context, negative context or None). The negative is
-    the original's: the empty prompt and the all-zero image."""
-    text = encode_prompts(model.cond_stage_model, prompts, device, dtype)
-    _, img = image_context(model.embedder, model.image_proj_model, start)
+    the original's: the empty prompt and the all-zero image. Positive and negative go through
+    each encoder as one batch (one pass over the weights)."""
+    n = len(prompts)
+    encoder = model.embedder
+    pixels = encoder.preprocess(start)
+    texts = list(prompts)
+    if negative:
+        pixels = torch.cat([pixels, encoder.preprocess(zero_image(n, encoder.config.image_size, pixels.device))])
+        texts += [""] * n
+    text = encode_prompts(model.cond_stage_model, texts, device, dtype)
+    img = model.image_proj_model(encoder.model.visual(pixels.to(dtype)))
     if not negative:
         return join_context(text, img), None
-    text_u = encode_prompts(model.cond_stage_model, [""] * len(prompts), device, dtype)
-    _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, len(prompts), device, dtype)
-    return join_context(text, img), join_context(text_u, img_u)
+    return join_context(text[:n], img[:n]), join_context(text[n:], img[n:])
 
 
 def check_vision_tokens(tokens: torch.Tensor, config: ModelConfig) -> None:
