@@ -30,6 +30,7 @@ import gc
 import json
 import logging
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tooncrafter_core import conditioning  # noqa: E402
 from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig, from_original_yaml  # noqa: E402
+from tooncrafter_core.runtime import prepare  # noqa: E402
 from tooncrafter_core.pipeline import (  # noqa: E402
     Conditioning,
     ToonCrafter,
@@ -304,7 +306,9 @@ def phased_run(model, start, end, args, sampling, options, dev) -> dict:
             m0 = clock.mark()
             video = phase(
                 "decode",
-                lambda: decode(model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk)[1],
+                lambda: decode(
+                    model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
+                )[1],
             )
             m1 = clock.mark()
             sync(dev)
@@ -352,7 +356,11 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     )
 
     start, end = keyframes(args.height, args.width, args.seed)
-    options = RuntimeOptions(device=dev, dtype=dtype, decode_chunk=args.decode_chunk)
+    options = RuntimeOptions(
+        device=dev, dtype=dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap, compile=args.compile,
+        compile_mode=args.compile_mode, channels_last=args.channels_last,
+    )
+    prepare(model, options)
     sampling = SamplingConfig(steps=args.steps, second_decode=not args.no_second_decode)
 
     # Warm-up (kernels, cuBLAS/cuDNN heuristics, allocator).
@@ -403,6 +411,10 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
         "peak_run_gib": max((r["peak_gib"] for r in runs if r["peak_gib"] is not None), default=None),
         "all_finite": all(r["video_finite"] and r["latents_finite"] is not False for r in runs) and not ph["nonfinite"],
     }
+
+    # The process's peak so far: run one dtype per process for that dtype's own peak (CPU runs).
+    res["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+    log.info("[%s] process peak RSS so far %.2f GB", name, res["process_peak_rss_gb"])
 
     del model
     gc.collect()
@@ -467,8 +479,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--init-std", type=float, default=0.02, help="std of the random weights")
     p.add_argument("--generator", choices=("cpu", "device"), default="cpu",
                    help="where random draws are made (cpu: as the CLI and the nodes do)")
-    p.add_argument("--decode-chunk", type=int, help="frames per VAE decode call (default: all at once)")
+    p.add_argument("--decode-chunk", type=int, help="frames kept per VAE decode call (default: all at once)")
+    p.add_argument("--decode-overlap", type=int, default=RuntimeOptions().decode_overlap,
+                   help="context frames a chunked decode call adds on either side")
     p.add_argument("--no-second-decode", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (compiled in the warm-up)")
+    p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")
+    p.add_argument("--channels-last", action="store_true", help="channels-last convolution weights")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full results here")
     args = p.parse_args(argv)
     names = [d.strip() for d in args.dtypes.split(",") if d.strip()]

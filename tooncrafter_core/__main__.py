@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--resize", choices=frames.FIT_METHODS, default="crop", help="how keyframes are fitted")
     i.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default fp16 on CUDA, fp32 on CPU)")
     i.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    i.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet and VAE decoder (the first run compiles for minutes; worth it on a GPU)")
+    i.add_argument("--channels-last", action="store_true",
+                   help="channels-last convolution weights (faster in fp16/bf16, slower in fp32 on the CPU)")
     i.add_argument("--fps", type=int, default=8, help="preview frame rate")
     i.add_argument("--no-second-decode", action="store_true", help="skip the original's second decode of the middle pair")
     return p
@@ -92,7 +96,7 @@ def run_interpolate(args: argparse.Namespace) -> Path:
             end,
             args.prompt,
             sampling,
-            RuntimeOptions(device=device, dtype=dtype),
+            RuntimeOptions(device=device, dtype=dtype, compile=args.compile, channels_last=args.channels_last),
             frames=args.frames,
             generator=generator,
             callback=progress,

@@ -200,6 +200,15 @@ class RuntimeOptions:
     # Frames decoded per VAE call; None decodes the whole clip at once (exact). Smaller chunks
     # save memory, but the decoder's temporal convolutions then see chunk borders.
     decode_chunk: Optional[int] = None
+    # torch.compile the UNet and the VAE decoder (`runtime.prepare`). The first call of each shape
+    # compiles (minutes); later calls and steps reuse it. `compile_mode` is torch.compile's mode
+    # (e.g. "max-autotune-no-cudagraphs"; None: the default), `compile_backend` its backend.
+    compile: bool = False
+    compile_mode: Optional[str] = None
+    compile_backend: str = "inductor"
+    # Convolution weights (and so activations) of the UNet and VAE in channels-last layout: faster
+    # convolutions in bf16/fp16 (oneDNN and cuDNN), slower in fp32 on the CPU.
+    channels_last: bool = False
 
 
 class ConfigError(ValueError):

@@ -19,6 +19,7 @@ from torch import nn
 from .conditioning import ImageEncoder, Resampler, TextEncoder, zero_image
 from .config import ModelConfig, RuntimeOptions, SamplingConfig
 from .ops import Default
+from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
 from .schedule import Schedule
 from .unet import UNetModel
@@ -317,6 +318,7 @@ def interpolate(
             "frame with separate OpenCLIP ViT-H-14 encoders and call the stage functions instead"
         )
     dev, dtype = options.device, options.dtype
+    prepare(model, options)
     frames = frames or model.config.frames
     start = start.to(dev, torch.float32)
     end = end.to(dev, torch.float32)

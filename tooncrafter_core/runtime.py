@@ -1,0 +1,56 @@
+"""Run-time placement of a loaded model for a set of `RuntimeOptions`: memory format and
+torch.compile. Modules never compile themselves or pick a layout; hosts call `prepare` once
+(`pipeline.interpolate` does), and calling it again with the same options does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .config import RuntimeOptions
+
+log = logging.getLogger(__name__)
+
+_PREPARED = "_tooncrafter_runtime"
+
+
+def to_channels_last(module: nn.Module) -> None:
+    """Convolution weights in channels-last layout, in place (4-D and 5-D weights)."""
+    for p in module.parameters():
+        if p.ndim == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+        elif p.ndim == 5:
+            p.data = p.data.contiguous(memory_format=torch.channels_last_3d)
+
+
+def compile_module(module: nn.Module, options: RuntimeOptions) -> None:
+    """torch.compile `module` in place (its state dict keys stay as they are). Shapes are static:
+    one graph per input shape, reused by every sampling step."""
+    kwargs = {"dynamic": False, "backend": options.compile_backend}
+    if options.compile_mode is not None:
+        kwargs["mode"] = options.compile_mode
+    module.compile(**kwargs)
+
+
+def prepare(model: nn.Module, options: RuntimeOptions) -> None:
+    """Apply `options.channels_last` and `options.compile` to the UNet and the VAE decoder of a
+    `pipeline.ToonCrafter`, once."""
+    key = (options.channels_last, options.compile, options.compile_mode, options.compile_backend)
+    done = getattr(model, _PREPARED, (False, False, None, None))
+    if done == key or not (options.channels_last or options.compile):
+        return
+    if done != (False, False, None, None):
+        raise ValueError(
+            f"this model was already prepared with other run-time options {done}; load it again to change them"
+        )
+    if options.channels_last:
+        to_channels_last(model.unet)
+        to_channels_last(model.vae.decoder)
+    if options.compile:
+        log.info("compiling the UNet and the VAE decoder (%s); the first run of each shape is slow", options.compile_backend)
+        compile_module(model.unet, options)
+        compile_module(model.vae.decoder, options)
+    setattr(model, _PREPARED, key)
