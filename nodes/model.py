@@ -22,14 +22,21 @@ import folder_paths
 from ..tooncrafter_core import catalog, frames, pipeline
 from ..tooncrafter_core.conditioning import clip_pixels, zero_image
 from ..tooncrafter_core.config import ModelConfig
-from ..tooncrafter_core.loading import load_model
+from ..tooncrafter_core.loading import FP8_DTYPES, load_model
 from ..tooncrafter_core.schedule import Schedule
 
 log = logging.getLogger(__name__)
 
 FOLDER = "tooncrafter"
 EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
-WEIGHT_DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_DTYPES = {
+    "auto": None,
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 
 
 def register_folder() -> None:
@@ -121,16 +128,26 @@ def _patcher(module: nn.Module, load_device, offload_device) -> comfy.model_patc
 def load(name: str, weight_dtype: str = "auto") -> ToonCrafterModel:
     path = resolve_checkpoint(name)
     dtype = WEIGHT_DTYPES[weight_dtype]
-    model = load_model(path, dtype=dtype, operations=comfy.ops.manual_cast)
+    if dtype in FP8_DTYPES:
+        # fp8 is for the UNet's Linear and Conv weights; the rest keeps the file's precision (auto).
+        model = load_model(path, unet_weight_dtype=dtype, operations=comfy.ops.manual_cast)
+    else:
+        model = load_model(path, dtype=dtype, operations=comfy.ops.manual_cast)
     stored = model.unet.input_blocks[0][0].weight.dtype
 
     unet_device = mm.get_torch_device()
-    unet_dtype = mm.unet_dtype(
-        unet_device,
-        model_params=sum(p.numel() for p in model.unet.parameters()),
-        supported_dtypes=[torch.float16, torch.bfloat16, torch.float32],
-        weight_dtype=stored,
-    )
+    supported = [torch.float16, torch.bfloat16, torch.float32]
+    if stored in FP8_DTYPES:
+        # As ComfyUI does for its own fp8 diffusion models: the weights stay fp8 and the manual_cast
+        # layers compute in what unet_manual_cast picks (fp16 or bf16 on a GPU, fp32 on the CPU).
+        unet_dtype = mm.unet_manual_cast(stored, unet_device, supported)
+    else:
+        unet_dtype = mm.unet_dtype(
+            unet_device,
+            model_params=sum(p.numel() for p in model.unet.parameters()),
+            supported_dtypes=supported,
+            weight_dtype=stored,
+        )
     vae_device = mm.vae_device()
     enc_device = mm.text_encoder_device()
     handle = ToonCrafterModel(

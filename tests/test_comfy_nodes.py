@@ -61,6 +61,12 @@ def test_loader_lists_present_files_and_known_releases(comfy_server):
     assert "tooncrafter_512_interp-pruned-fp16.safetensors" in options
 
 
+def test_loader_offers_the_documented_weight_dtypes(comfy_server):
+    spec = comfy_server.object_info("ToonCrafterModelLoader")["ToonCrafterModelLoader"]["input"]["required"]["weight_dtype"][1]
+    assert spec["options"] == ["auto", "fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2"]
+    assert spec["default"] == "auto"
+
+
 def _api(comfy_server, workflow: Path) -> dict:
     return workflow_to_api(json.loads(workflow.read_text()), comfy_server.object_info())
 
@@ -151,22 +157,40 @@ def _saved_images(comfy_server, entry: dict) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(comfy_server.view(f)))) for f in files]).astype(np.float32) / 255
 
 
-def test_comfyui_and_the_core_give_the_same_frames_for_a_seed(comfy_server, tmp_path):
+def _core_frames(ckpt: Path, seed: int, **load_options) -> np.ndarray:
+    """What the core's `interpolate` draws for `_seed_prompt(seed)`, (t h w c) in [0, 1]."""
     from tooncrafter_core import frames as tc_frames
     from tooncrafter_core.config import SamplingConfig
     from tooncrafter_core.loading import load_model
     from tooncrafter_core.pipeline import interpolate
 
-    ours = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=42), timeout=600))
-    model = load_model(tiny_checkpoint(tmp_path), dtype=torch.float32)
+    model = load_model(ckpt, dtype=torch.float32, **load_options)
     keyframes = REPO / "workflows" / "keyframes"
     start, end = (tc_frames.to_model(tc_frames.fit(tc_frames.load_image(keyframes / n), 64, 64, "crop"))
                   for n in ("tooncrafter_start.png", "tooncrafter_end.png"))
     video = interpolate(model, start, end, "a ball jumps", SamplingConfig(steps=3),
-                        generator=torch.Generator().manual_seed(42))
-    core = tc_frames.from_model(video[0]).permute(1, 2, 3, 0).numpy()  # (t h w c)
+                        generator=torch.Generator().manual_seed(seed))
+    return tc_frames.from_model(video[0]).permute(1, 2, 3, 0).numpy()
+
+
+def test_comfyui_and_the_core_give_the_same_frames_for_a_seed(comfy_server, tmp_path):
+    ours = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=42), timeout=600))
+    core = _core_frames(tiny_checkpoint(tmp_path), seed=42)
     assert ours.shape == core.shape == (4, 64, 64, 3)
     assert np.abs(ours - core).max() <= 1.5 / 255  # PNG quantisation only
+
+
+def test_fp8_weights_compute_in_fp32_on_the_cpu_and_match_the_core(comfy_server, tmp_path):
+    prompt = _seed_prompt(seed=42)
+    prompt["1"]["inputs"]["weight_dtype"] = "fp8_e4m3fn"
+    ours = _saved_images(comfy_server, comfy_server.run(prompt, timeout=600))
+    # ComfyUI's choice for fp8 weights (unet_manual_cast): a real compute dtype, fp32 on the CPU.
+    assert "weights torch.float8_e4m3fn, UNet compute torch.float32 on cpu" in comfy_server.log_text()
+    # The same rounded UNet weights in the core, computed in fp32: the same frames. (The tiny
+    # file is fp16, so ComfyUI's encoders and VAE, kept as in the file and cast, compute alike.)
+    core = _core_frames(tiny_checkpoint(tmp_path), seed=42, unet_weight_dtype=torch.float8_e4m3fn)
+    assert ours.shape == core.shape == (4, 64, 64, 3)
+    assert np.abs(ours - core).max() <= 1.5 / 255
 
 
 def test_two_queued_runs_reuse_the_loaded_model(comfy_server):

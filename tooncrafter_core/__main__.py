@@ -14,12 +14,14 @@ import torch
 
 from . import catalog, frames
 from .config import RuntimeOptions, SamplingConfig
-from .loading import CheckpointError, load_model
-from .pipeline import InputError, interpolate
+from .loading import FP8_DTYPES, CheckpointError, load_model
+from .ops import CastWeights
+from .pipeline import InputError, ToonCrafter, interpolate
 
 log = logging.getLogger("tooncrafter_core")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_DTYPES = {**DTYPES, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--width", type=int, help="output width (default: the model's, 512)")
     i.add_argument("--resize", choices=frames.FIT_METHODS, default="crop", help="how keyframes are fitted")
     i.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default fp16 on CUDA, fp32 on CPU)")
+    i.add_argument(
+        "--weight-dtype",
+        choices=["auto", *WEIGHT_DTYPES],
+        default="auto",
+        help="dtype the weights are stored in (auto: the compute dtype); fp8 stores the UNet's Linear and "
+        "Conv weights in 8 bits (half of fp16) and keeps everything else in the compute dtype",
+    )
     i.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     i.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet and VAE decoder (the first run compiles for minutes; worth it on a GPU)")
@@ -52,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--fps", type=int, default=8, help="preview frame rate")
     i.add_argument("--no-second-decode", action="store_true", help="skip the original's second decode of the middle pair")
     return p
+
+
+def _load(ckpt: Path, dtype: torch.dtype, storage: torch.dtype | None) -> ToonCrafter:
+    """The model with weights stored in `storage` (None: `dtype`) for computing in `dtype`."""
+    if storage in FP8_DTYPES:
+        return load_model(ckpt, dtype=dtype, unet_weight_dtype=storage)
+    if storage is None or storage == dtype:
+        return load_model(ckpt, dtype=dtype)
+    # Stored in one precision, computed in another: every layer casts its weights at each call.
+    return load_model(ckpt, dtype=storage, operations=CastWeights)
 
 
 class _Progress:
@@ -73,7 +92,7 @@ def run_interpolate(args: argparse.Namespace) -> Path:
         ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    model = load_model(ckpt, dtype=dtype).to(device)
+    model = _load(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype)).to(device)
     height = args.height or model.config.pixel_size[0]
     width = args.width or model.config.pixel_size[1]
     start = frames.to_model(frames.fit(frames.load_image(args.start), height, width, args.resize))

@@ -2,6 +2,8 @@
 
 The model is built on the meta device and loaded with `assign=True`, so no weight is initialised
 or copied twice. Loading is strict except for the named table `CHECKPOINT_ONLY_KEYS`.
+The UNet's Linear and Conv weights can be stored in fp8 (`unet_weight_dtype`); the UNet is then
+built from casting layers and computes in the activations' dtype.
 Architecture comes from an original-format yaml with the checkpoint's stem when one sits beside
 it, else from the weight shapes (`infer_config`).
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import torch
+from torch import nn
 
 from .config import (
     ConfigError,
@@ -27,12 +30,13 @@ from .config import (
     VisionEncoderConfig,
     from_original_yaml,
 )
-from .ops import Default
+from .ops import CastWeights, Default
 from .pipeline import ToonCrafter
 from .schedule import SCHEDULE_KEYS, Schedule
 
 log = logging.getLogger(__name__)
 
+UNET_PREFIX = "model.diffusion_model."
 TEXT_PREFIX = "cond_stage_model."
 VISION_PREFIX = "embedder."
 
@@ -51,6 +55,10 @@ CHECKPOINT_ONLY_KEYS: dict[str, str] = {
         )
     },
 }
+
+# Storage-only dtypes: no matmul or convolution takes them, so their layers must cast at run time.
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message says which file and what to do."""
@@ -265,12 +273,48 @@ def _mismatch_message(name: str, missing: list[str], unexpected: list[str]) -> s
     return "; ".join(parts)
 
 
-def load_state_into(model: ToonCrafter, state: dict[str, torch.Tensor], name: str = "checkpoint", dtype: Optional[torch.dtype] = None) -> None:
-    """Strict, assigning load of `state` into a (meta-built) model; CHECKPOINT_ONLY_KEYS are checked and dropped."""
+def unet_matrix_keys(model: ToonCrafter) -> set[str]:
+    """State-dict keys of the UNet's Linear and Conv weights: the tensors `unet_weight_dtype` stores.
+
+    Only these go to fp8: they are 99.93 % of the UNet's parameters, and their layers cast at run
+    time. Biases, norm scales and the image-attention `alpha` keep the other weights' dtype: they
+    are added to or multiply activations directly, with no dot product to average their rounding
+    away, and storing them in fp8 would save under 1 MB.
+    """
+    return {
+        f"{UNET_PREFIX}{name}.weight"
+        for name, module in model.unet.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    }
+
+
+def _cast_in_place(state: dict[str, torch.Tensor], dtype: Optional[torch.dtype], overrides: dict[str, torch.dtype]) -> None:
+    """Floating tensors of `state` to `overrides[key]`, else to `dtype` (None keeps theirs), replacing
+    each entry so its source tensor is freed as soon as the copy exists (no second state dict)."""
+    for key, tensor in state.items():
+        target = overrides.get(key, dtype)
+        if target is not None and tensor.is_floating_point() and tensor.dtype != target:
+            # Trained weights are far inside fp8's range (e4m3fn saturates at +-448, e5m2 at 57344),
+            # so a plain round-to-nearest cast is all ComfyUI does too.
+            state[key] = tensor.to(target)
+
+
+def load_state_into(
+    model: ToonCrafter,
+    state: dict[str, torch.Tensor],
+    name: str = "checkpoint",
+    dtype: Optional[torch.dtype] = None,
+    unet_weight_dtype: Optional[torch.dtype] = None,
+) -> None:
+    """Strict, assigning load of `state` into a (meta-built) model; CHECKPOINT_ONLY_KEYS are checked and dropped.
+
+    `state` is consumed: CHECKPOINT_ONLY_KEYS are removed from it, its tensors are cast in place
+    (`dtype`, and `unet_weight_dtype` for the UNet's Linear and Conv weights) and then belong to
+    the model.
+    """
     _check_schedule(state, model.schedule, name)
-    state = {k: v for k, v in state.items() if k not in CHECKPOINT_ONLY_KEYS}
-    if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    for key in CHECKPOINT_ONLY_KEYS:
+        state.pop(key, None)
     expected = model.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -283,6 +327,8 @@ def load_state_into(model: ToonCrafter, state: dict[str, torch.Tensor], name: st
         raise CheckpointError(_mismatch_message(name, missing, unexpected))
     if wrong:
         raise CheckpointError(f"{name}: tensors of the wrong shape: {', '.join(wrong[:12])}")
+    overrides = dict.fromkeys(unet_matrix_keys(model), unet_weight_dtype) if unet_weight_dtype is not None else {}
+    _cast_in_place(state, dtype, overrides)
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
@@ -293,24 +339,37 @@ def load_model(
     dtype: Optional[torch.dtype] = None,
     config: Optional[ModelConfig] = None,
     operations=Default,
+    unet_weight_dtype: Optional[torch.dtype] = None,
 ) -> ToonCrafter:
     """Build on the meta device and load a checkpoint file (any released layout) on the CPU.
 
     `dtype` None keeps the file's dtype (no fp32 copy of fp16 weights). A pruned file (no text and
     image encoders) gives a model whose `cond_stage_model` / `embedder` are None.
+    `unet_weight_dtype` (e.g. `torch.float8_e4m3fn`) stores the UNet's Linear and Conv weights in
+    that dtype instead; with the default `operations` the UNet is then built from `CastWeights`
+    layers (a host's own `operations` must cast by themselves), and it computes in the dtype of
+    its inputs.
     """
     path = Path(path)
     state = read_state_dict(path)
     config = config or config_for(path, {k: tuple(v.shape) for k, v in state.items()})
     has_text = any(k.startswith(TEXT_PREFIX) for k in state)
     has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in state)
+    # Only the UNet takes the storage dtype: it holds 1.44 B of the 2.57 B parameters and stays
+    # resident through every sampling step, while the encoders run once per clip (a host may
+    # offload them) and the VAE is 0.1 B. The encoders and the Resampler also set the conditioning
+    # every step depends on, so they keep full precision.
+    unet_operations = CastWeights if unet_weight_dtype is not None and operations is Default else operations
     with torch.device("meta"):
-        model = ToonCrafter(config, text_encoder=has_text, image_encoder=has_vision, operations=operations)
-    load_state_into(model, state, path.name, dtype)
+        model = ToonCrafter(
+            config, text_encoder=has_text, image_encoder=has_vision, operations=operations, unet_operations=unet_operations
+        )
+    load_state_into(model, state, path.name, dtype, unet_weight_dtype)
     log.info(
-        "loaded %s (weights %s, text encoder: %s, image encoder: %s)",
+        "loaded %s (UNet weights %s, VAE weights %s, text encoder: %s, image encoder: %s)",
         path.name,
         model.unet.out[2].weight.dtype,
+        model.vae.encoder.conv_in.weight.dtype,
         has_text,
         has_vision,
     )

@@ -2,7 +2,9 @@
 
 Modules take `operations=` so a host can swap in its own casting / lazily-initialised layers
 (ComfyUI passes `comfy.ops.manual_cast` or `comfy.ops.disable_weight_init`); the default is plain
-`torch.nn`. Anything passed must provide these names with the `torch.nn` signatures.
+`torch.nn`; `CastWeights` is the core's own casting namespace (weights stored in fp8, or in
+another dtype than the computation). Anything passed must provide these names with the
+`torch.nn` signatures.
 """
 
 from typing import Optional
@@ -104,3 +106,45 @@ def norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 def param(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A raw parameter cast to the activation's device and dtype (hosts may keep weights elsewhere)."""
     return t.to(device=like.device, dtype=like.dtype)
+
+
+def _weight_and_bias(layer: nn.Module, x: torch.Tensor) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    w, b = layer.weight, layer.bias
+    return (None if w is None else param(w, x)), (None if b is None else param(b, x))
+
+
+class CastWeights:
+    """Layers that store their weights in any dtype (fp8, fp16, ...) on any device and cast them to
+    the activation's dtype and device at every call, the way ComfyUI's `comfy.ops.manual_cast` does
+    for its own models. The cast copy lives for one call; a cast to the same dtype and device is free.
+    """
+
+    class Linear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, *_weight_and_bias(self, x))
+
+    class Conv1d(nn.Conv1d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._conv_forward(x, *_weight_and_bias(self, x))
+
+    class Conv2d(nn.Conv2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return conv(self, x, *_weight_and_bias(self, x))
+
+    class Conv3d(nn.Conv3d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return conv(self, x, *_weight_and_bias(self, x))
+
+    class GroupNorm(nn.GroupNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.group_norm(x, self.num_groups, *_weight_and_bias(self, x), self.eps)
+
+    class LayerNorm(nn.LayerNorm):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.layer_norm(x, self.normalized_shape, *_weight_and_bias(self, x), self.eps)
+
+    class Embedding(nn.Embedding):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            """Rows in the stored dtype: token ids carry no dtype to follow, so the caller casts
+            (gathering first, then casting only the rows used)."""
+            return F.embedding(ids, self.weight.to(ids.device), self.padding_idx)

@@ -37,7 +37,11 @@ class DiffusionWrapper(nn.Module):
 
 
 class ToonCrafter(nn.Module):
-    """All components under their checkpoint names. Text/vision encoders are optional (pruned files)."""
+    """All components under their checkpoint names. Text/vision encoders are optional (pruned files).
+
+    `unet_operations` (default: `operations`) builds the UNet alone from other layers, e.g. casting
+    layers for UNet weights stored in fp8.
+    """
 
     def __init__(
         self,
@@ -47,11 +51,12 @@ class ToonCrafter(nn.Module):
         dtype=None,
         device=None,
         operations=Default,
+        unet_operations=None,
     ):
         super().__init__()
         kw = dict(dtype=dtype, device=device, operations=operations)
         self.config = config
-        self.model = DiffusionWrapper(UNetModel(config.unet, **kw))
+        self.model = DiffusionWrapper(UNetModel(config.unet, dtype=dtype, device=device, operations=unet_operations or operations))
         self.first_stage_model = AutoencoderKLDualRef(config.vae, **kw)
         self.cond_stage_model = TextEncoder(config.text, **kw) if text_encoder else None
         self.embedder = ImageEncoder(config.vision, **kw) if image_encoder else None
