@@ -13,6 +13,11 @@ MANIFEST = REFERENCE / "tooncrafter_512_interp_keys.json"
 TINY = REFERENCE / "tiny-4f-64x64"
 
 
+def relative_error(ours, reference) -> float:
+    """||ours - reference|| / ||reference||, in fp32."""
+    return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
 def reference_cases() -> list[Path]:
     """Every recorded case under shared/reference (held-back cases are picked up the same way)."""
     return sorted(p.parent for p in REFERENCE.glob("*/reference.json"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import tiny_checkpoint
+from helpers import relative_error as rel, tiny_checkpoint
 from tooncrafter_core import ops
 from tooncrafter_core.attention import CrossAttention, FrameContext
 from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig
@@ -24,10 +24,6 @@ from tooncrafter_core.pipeline import (
 )
 from tooncrafter_core.runtime import prepare
 from tooncrafter_core.unet import UNetModel
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @pytest.fixture(scope="module")

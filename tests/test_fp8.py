@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import REPO, TINY, tiny_checkpoint
+from helpers import REPO, TINY, relative_error, tiny_checkpoint
 from tooncrafter_core.config import ModelConfig, SamplingConfig
 from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
 from tooncrafter_core.ops import CastWeights
@@ -37,10 +37,6 @@ TINY_BOUNDS = {"fp8_e4m3fn": (0.24, 0.46), "fp8_e5m2": (0.45, 0.58)}
 # Measured on the full-size UNet with random fan-in-scaled weights (one forward, 8x8 latent,
 # 2 frames): e4m3fn 0.156, e5m2 0.267.
 FULL_SIZE_BOUNDS = {"fp8_e4m3fn": 0.24, "fp8_e5m2": 0.40}
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
 # ---------------------------------------------------------------------------------------------
