@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--novram", action="store_true")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--weight-dtype", default="auto")
-    p.add_argument("--chunk", type=int, default=0, help="frames_per_chunk of the decode node")
+    p.add_argument("--chunk", type=int, default=0, help="frames_per_chunk of the decode node (0: auto)")
     p.add_argument("--ckpt", help="an existing checkpoint in --ckpt-dir instead of a random full-size one")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=320)

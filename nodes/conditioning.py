@@ -75,10 +75,9 @@ class ToonCrafterConditioning(io.ComfyNode):
         if frames < 2:
             raise InputError("frames must be 0 (the model's) or at least 2")
 
-        text = tc_model.text_context(model, [prompt] * b, clip)
-        text_neg = tc_model.text_context(model, [negative_prompt] * b, clip)
-        image = tc_model.image_context(model, start, b, clip_vision)
-        image_neg = tc_model.image_context(model, None, b, clip_vision)
+        texts = tc_model.text_context(model, [prompt] * b + [negative_prompt] * b, clip)
+        text, text_neg = texts[:b], texts[b:]
+        image, image_neg = tc_model.image_contexts(model, start, clip_vision)
         keyframes = tc_model.encode_keyframes(model, start, end)
 
         fs = torch.full((b,), frame_stride, dtype=torch.long)

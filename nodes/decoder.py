@@ -2,6 +2,7 @@
 
 from comfy_api.latest import io
 
+from ..tooncrafter_core.config import DECODE_OVERLAP
 from ..tooncrafter_core.pipeline import InputError
 from . import model as tc_model
 from .types import CATEGORY, KEYFRAMES_KEY, ToonCrafterModelType
@@ -20,8 +21,9 @@ class ToonCrafterDecode(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Sampler"),
                 io.Int.Input(
                     "frames_per_chunk", default=0, min=0, max=64,
-                    tooltip="0 decodes all frames at once (exact); smaller chunks need less VRAM but the temporal "
-                    "layers then see chunk borders",
+                    tooltip="0 = auto: all frames at once (exact) when they fit in memory after ComfyUI offloads "
+                    "the sampler's model, else chunks sized to the free memory. N decodes N frames per call (less "
+                    f"memory, close to exact: each call adds {DECODE_OVERLAP} context frames on either side)",
                 ),
                 io.Boolean.Input(
                     "second_decode", default=True,

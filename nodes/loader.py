@@ -37,6 +37,13 @@ class LoadToonCrafterModel(io.ComfyNode):
                     "fp16/bf16 (fp32 on the CPU), the rest as in the file. Computation precision follows "
                     "ComfyUI's device settings.",
                 ),
+                io.Boolean.Input(
+                    "compile",
+                    default=False,
+                    optional=True,
+                    tooltip="torch.compile the UNet and the VAE decoder. The first Queue of each size compiles "
+                    "(minutes, more on the CPU); later runs and every sampling step reuse it. For GPUs.",
+                ),
             ],
             outputs=[
                 ToonCrafterModelType.Output(
@@ -47,11 +54,11 @@ class LoadToonCrafterModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, weight_dtype):
+    def validate_inputs(cls, ckpt_name, weight_dtype, compile=False):
         if ckpt_name not in tc_model.checkpoint_choices():
             return f"checkpoint {ckpt_name!r} is neither in models/tooncrafter nor a known release; pick one from the list"
         return True
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype) -> io.NodeOutput:
-        return io.NodeOutput(tc_model.load(ckpt_name, weight_dtype))
+    def execute(cls, ckpt_name, weight_dtype, compile=False) -> io.NodeOutput:
+        return io.NodeOutput(tc_model.load(ckpt_name, weight_dtype, compile))

@@ -20,10 +20,11 @@ import comfy.ops
 import folder_paths
 
 from ..tooncrafter_core import catalog, frames, pipeline
-from ..tooncrafter_core.conditioning import clip_pixels, zero_image
-from ..tooncrafter_core.config import ModelConfig
+from ..tooncrafter_core.config import DECODE_OVERLAP, ModelConfig, RuntimeOptions
 from ..tooncrafter_core.loading import FP8_DTYPES, load_model
+from ..tooncrafter_core.runtime import prepare
 from ..tooncrafter_core.schedule import Schedule
+from ..tooncrafter_core.vae import auto_decode_chunk, decode_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _patcher(module: nn.Module, load_device, offload_device) -> comfy.model_patc
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
 
 
-def load(name: str, weight_dtype: str = "auto") -> ToonCrafterModel:
+def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCrafterModel:
     path = resolve_checkpoint(name)
     dtype = WEIGHT_DTYPES[weight_dtype]
     if dtype in FP8_DTYPES:
@@ -134,6 +135,8 @@ def load(name: str, weight_dtype: str = "auto") -> ToonCrafterModel:
     else:
         model = load_model(path, dtype=dtype, operations=comfy.ops.manual_cast)
     stored = model.unet.input_blocks[0][0].weight.dtype
+    if compile:
+        prepare(model, RuntimeOptions(compile=True))
 
     unet_device = mm.get_torch_device()
     supported = [torch.float16, torch.bfloat16, torch.float32]
@@ -198,9 +201,9 @@ def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> tor
     return _out(ctx)
 
 
-def image_context(handle: ToonCrafterModel, images: Optional[torch.Tensor], n: int, clip_vision=None) -> torch.Tensor:
-    """Resampled image context (n (t q) d) of `images` (n 3 H W, [-1, 1]); None -> the original's
-    unconditional all-zero image."""
+def image_contexts(handle: ToonCrafterModel, images: torch.Tensor, clip_vision=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resampled image contexts (n (t q) d) of `images` (n 3 H W, [-1, 1]) and of the original's
+    unconditional all-zero image, through the vision model as one batch."""
     device = handle.image_proj.load_device
     dtype = handle.encoder_dtype
     if clip_vision is None and handle.vision is None:
@@ -208,20 +211,19 @@ def image_context(handle: ToonCrafterModel, images: Optional[torch.Tensor], n: i
             f"{handle.name} has no image encoder (pruned file): connect a CLIP_VISION "
             "(CLIPVisionLoader with clip_vision_h.safetensors, OpenCLIP ViT-H-14) to the clip_vision input"
         )
-    if images is None:
-        images = zero_image(n, handle.config.vision.image_size)
+    pixels = pipeline.negative_pixels(images, handle.config.vision)
     with torch.inference_mode():
         if clip_vision is not None:
             mm.load_models_gpu([clip_vision.patcher])
-            pixels = clip_pixels(images, handle.config.vision).to(clip_vision.load_device)
-            tokens = clip_vision.model(pixel_values=pixels, intermediate_output=-2)[0]
+            tokens = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)[0]
             pipeline.check_vision_tokens(tokens, handle.config)
             mm.load_models_gpu([handle.image_proj])
-            ctx = handle.image_proj.model(tokens.to(device, dtype))
         else:
             mm.load_models_gpu([handle.vision, handle.image_proj])
-            _, ctx = pipeline.image_context(handle.vision.model, handle.image_proj.model, images.to(device, dtype))
-    return _out(ctx)
+            tokens = handle.vision.model.model.visual(pixels.to(device, dtype))
+        ctx = _out(handle.image_proj.model(tokens.to(device, dtype)))
+    n = images.shape[0]
+    return ctx[:n], ctx[n:]
 
 
 def encode_keyframes(handle: ToonCrafterModel, start: torch.Tensor, end: torch.Tensor) -> pipeline.KeyframeEncoding:
@@ -260,11 +262,37 @@ def sample(
 
 
 def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode: bool, chunk: Optional[int]) -> torch.Tensor:
-    """-> frames (b 3 t H W) in [0, 1] on the intermediate device."""
-    mm.load_models_gpu([handle.vae])
+    """-> frames (b 3 t H W) in [0, 1] on the intermediate device. `chunk` None: the whole clip when
+    it fits in the memory left after ComfyUI makes room for it, else the largest chunk that fits."""
+    b, _, t, h, w = latents.shape
+    f = handle.config.vae.downsample_factor
     device, dtype = handle.vae.load_device, handle.vae_dtype
+    shape = (handle.config.vae, b, t, h * f, w * f, dtype)
+    # ComfyUI offloads other models (the UNet) until the whole decode fits, or at least one chunk.
+    mm.load_models_gpu(
+        [handle.vae],
+        memory_required=decode_memory_bytes(*shape, chunk, DECODE_OVERLAP),
+        minimum_memory_required=decode_memory_bytes(*shape, chunk or 1, DECODE_OVERLAP),
+    )
+    if chunk is None:
+        free = mm.get_free_memory(device) - mm.extra_reserved_memory()
+        chunk = auto_decode_chunk(*shape, free, DECODE_OVERLAP)
+        if chunk is not None:
+            need = decode_memory_bytes(*shape, chunk, DECODE_OVERLAP)
+            log.info(
+                "ToonCrafter decode: %.2f GiB free on %s, the whole clip needs about %.2f GiB: decoding %d frames "
+                "at a time with %d context frames on each side (about %.2f GiB)",
+                free / 2**30, device, decode_memory_bytes(*shape) / 2**30, chunk, DECODE_OVERLAP, need / 2**30,
+            )
+            if need > free:
+                log.warning("ToonCrafter decode: even one frame at a time may not fit; it may run out of memory")
     with torch.inference_mode():
         _, video = pipeline.decode(
-            handle.vae.model, latents.to(device, dtype), [r.to(device, dtype) for r in refs], second_decode, chunk
+            handle.vae.model,
+            latents.to(device, dtype),
+            [r.to(device, dtype) for r in refs],
+            second_decode,
+            chunk,
+            DECODE_OVERLAP,
         )
     return _out(frames.from_model(video))

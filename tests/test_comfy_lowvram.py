@@ -60,12 +60,16 @@ SCRIPT = textwrap.dedent(
     unet.unpatch_model()
     mm.unload_all_models()
     assert not any(lm.model is unet for lm in mm.current_loaded_models)
+    compiled = tc_model.load("tiny.safetensors", "auto", compile=True)  # compiles lazily, at the first call
+    assert compiled.unet.model._compiled_call_impl is not None
+    assert compiled.vae.model.decoder._compiled_call_impl is not None
+    assert handle.unet.model._compiled_call_impl is None
     print("OK", cast)
     """
 )
 
 
-def test_partially_loaded_unet_matches_the_fully_loaded_one():
+def test_partially_loaded_unet_matches_the_fully_loaded_one_and_the_loader_compiles_on_request():
     code = SCRIPT.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/tmp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -20,7 +20,7 @@ TINY_CKPT = "tooncrafter_tiny.safetensors"
 
 # The node reference of README.md: every node, its inputs in order, and its outputs.
 DOCUMENTED = {
-    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype"], ["model"]),
+    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model"]),
     "ToonCrafterConditioning": (
         ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",
          "resize", "frames", "clip", "clip_vision"],

@@ -110,7 +110,7 @@ class Graph:
 def _pipeline(ckpt: str, weight_dtype: str, steps: int, chunk: int, second_decode: bool, with_clip: bool) -> Graph:
     g = Graph()
     model_t = ("model", "TOONCRAFTER_MODEL")
-    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [ckpt, weight_dtype], [model_t], title="Load ToonCrafter Model"))
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [ckpt, weight_dtype, False], [model_t], title="Load ToonCrafter Model"))
     start = g.add(Node(2, "LoadImage", (20, 200), ["tooncrafter_start.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
                        title="Start keyframe", size=(300, 320)))
     end = g.add(Node(3, "LoadImage", (20, 560), ["tooncrafter_end.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
@@ -162,9 +162,10 @@ WORKFLOWS = {
         f"model in models/clip_vision as {CLIP_VISION}.",
     ),
     "tooncrafter_low_vram": (
-        _pipeline(FULL_CKPT, "fp16", 25, 4, False, with_clip=False),
-        "Low-VRAM settings: fp16 weights, 25 steps, decoding 4 frames at a time and no second decode. "
-        "Start ComfyUI with --lowvram on cards under 8 GB; ComfyUI then streams UNet layers to the GPU.",
+        _pipeline(FULL_CKPT, "fp16", 25, 0, False, with_clip=False),
+        "Low-VRAM settings: fp16 weights, 25 steps and no second decode; the decode offloads the UNet and "
+        "splits the clip into chunks by itself when memory is short. Start ComfyUI with --lowvram on cards "
+        "under 8 GB; ComfyUI then streams UNet layers to the GPU.",
     ),
 }
 

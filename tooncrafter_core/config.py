@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 TEXT_TOKENS = 77
 IMAGE_TOKENS_PER_FRAME = 16
 
+# Context frames a chunked decode adds on each side of its chunk (see `vae.decode_windows`).
+DECODE_OVERLAP = 4
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -197,9 +200,11 @@ class RuntimeOptions:
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
-    # Frames decoded per VAE call; None decodes the whole clip at once (exact). Smaller chunks
-    # save memory, but the decoder's temporal convolutions then see chunk borders.
+    # Frames kept per VAE decode call; None decodes the whole clip at once (exact). Smaller chunks
+    # save memory; each call also decodes `decode_overlap` context frames on either side so the
+    # decoder's temporal convolutions do not see a hard border next to the kept frames.
     decode_chunk: Optional[int] = None
+    decode_overlap: int = DECODE_OVERLAP
     # torch.compile the UNet and the VAE decoder (`runtime.prepare`). The first call of each shape
     # compiles (minutes); later calls and steps reuse it. `compile_mode` is torch.compile's mode
     # (e.g. "max-autotune-no-cudagraphs"; None: the default), `compile_backend` its backend.

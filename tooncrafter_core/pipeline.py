@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .conditioning import ImageEncoder, Resampler, TextEncoder, zero_image
-from .config import ModelConfig, RuntimeOptions, SamplingConfig
+from .conditioning import ImageEncoder, Resampler, TextEncoder, clip_pixels, zero_image
+from .config import DECODE_OVERLAP, ModelConfig, RuntimeOptions, SamplingConfig
 from .ops import Default
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
@@ -119,6 +119,13 @@ def external_text_context(hidden: torch.Tensor, config: ModelConfig) -> torch.Te
     return hidden[:, :n]
 
 
+def negative_pixels(images: torch.Tensor, config: VisionEncoderConfig) -> torch.Tensor:
+    """CLIP pixels of `images` (b 3 H W) followed by those of the original's unconditional
+    all-zero image, (2b 3 S S): positive and negative through a vision tower as one batch."""
+    zeros = zero_image(images.shape[0], config.image_size, images.device)
+    return torch.cat([clip_pixels(images, config), clip_pixels(zeros, config)])
+
+
 def contexts(
     model: "ToonCrafter", start: torch.Tensor, prompts: Sequence[str], negative: bool, device, dtype
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -127,12 +134,8 @@ def contexts(
     each encoder as one batch (one pass over the weights)."""
     n = len(prompts)
     encoder = model.embedder
-    pixels = encoder.preprocess(start)
-    texts = list(prompts)
-    if negative:
-        pixels = torch.cat([pixels, encoder.preprocess(zero_image(n, encoder.config.image_size, pixels.device))])
-        texts += [""] * n
-    text = encode_prompts(model.cond_stage_model, texts, device, dtype)
+    pixels = negative_pixels(start, encoder.config) if negative else encoder.preprocess(start)
+    text = encode_prompts(model.cond_stage_model, list(prompts) + [""] * n * negative, device, dtype)
     img = model.image_proj_model(encoder.model.visual(pixels.to(dtype)))
     if not negative:
         return join_context(text, img), None
@@ -254,19 +257,21 @@ def decode(
     refs: Sequence[torch.Tensor],
     second_decode: bool = True,
     chunk: Optional[int] = None,
+    overlap: int = DECODE_OVERLAP,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled latents (b z t h w) -> (first pass, final video), each (b 3 t H W) in about [-1, 1].
 
     The original decodes a second time without frames 1 and t-2 and takes the middle pair
-    from that pass; `second_decode=False` skips it (final video = first pass).
+    from that pass; `second_decode=False` skips it (final video = first pass). `chunk` and
+    `overlap`: see `AutoencoderKLDualRef.decode`.
     """
     z = latents / vae.config.scale_factor
-    first = vae.decode(z, refs, chunk)
+    first = vae.decode(z, refs, chunk, overlap)
     t = z.shape[2]
     if not second_decode or t < 4:
         return first, first
     keep = [i for i in range(t) if i not in (1, t - 2)]
-    second = vae.decode(z[:, :, keep], refs, chunk)
+    second = vae.decode(z[:, :, keep], refs, chunk, overlap)
     video = first.clone()
     mid = t // 2
     video[:, :, mid - 1 : mid + 1] = second[:, :, mid - 2 : mid]
@@ -340,7 +345,9 @@ def interpolate(
         fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
         cond = Conditioning(context, uncond, concat.to(dtype), fs)
         samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=generator, callback=callback)
-        _, video = decode(model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk)
+        _, video = decode(
+            model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
+        )
     video = video.float().cpu()
     if not torch.isfinite(video).all():
         raise FloatingPointError(

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attention
-from .config import VAEConfig
+from .config import DECODE_OVERLAP, VAEConfig
 from .ops import Default, group_norm, norm_silu, param
 
 
@@ -320,21 +320,119 @@ class AutoencoderKLDualRef(nn.Module):
         return mean, logvar.clamp(-30.0, 20.0), hidden
 
     def decode(
-        self, z: torch.Tensor, refs: Sequence[torch.Tensor], chunk: Optional[int] = None
+        self,
+        z: torch.Tensor,
+        refs: Sequence[torch.Tensor],
+        chunk: Optional[int] = None,
+        overlap: int = DECODE_OVERLAP,
     ) -> torch.Tensor:
         """z (b z t h w) unscaled latents, refs [(b c 2 H W)] -> video (b 3 t H W).
 
-        With `chunk`, frames are decoded `chunk` at a time (less memory, temporal convs see the
-        chunk borders); None decodes the whole clip in one pass, exactly as the original.
+        None decodes the whole clip in one pass, exactly as the original. With `chunk`, frames are
+        decoded `chunk` at a time, each call with `overlap` context frames on either side: less
+        memory, close to but not exactly the whole decode (the temporal convolutions see the window
+        borders, kept `overlap` frames away, and the temporal blocks' GroupNorm statistics span the
+        window, not the clip).
         """
         b, _, t, _, _ = z.shape
-        chunk = t if chunk is None else max(1, chunk)
-        outs = []
-        for start in range(0, t, chunk):
-            part = z[:, :, start : start + chunk]
-            n = part.shape[2]
-            x = self.decoder(
-                rearrange(part, "b c t h w -> (b t) c h w"), refs, n, first=start == 0, last=start + n == t
-            )
-            outs.append(rearrange(x, "(b t) c h w -> b c t h w", b=b))
-        return torch.cat(outs, dim=2)
+        windows = decode_windows(t, chunk, overlap)
+        video = None
+        for lo, start, stop, hi in windows:
+            # A window starting at frame 0 holds the clip's first frame at its own frame 0, so the
+            # Combiners add the start reference there, as the whole-clip decode does (likewise last).
+            x = self.decoder(rearrange(z[:, :, lo:hi], "b c t h w -> (b t) c h w"), refs, hi - lo, lo == 0, hi == t)
+            x = rearrange(x, "(b t) c h w -> b c t h w", b=b)
+            if len(windows) == 1:
+                return x
+            if video is None:  # filled in place: no list of chunks and no concatenated copy
+                video = x.new_empty(x.shape[:2] + (t,) + x.shape[3:])
+            video[:, :, start:stop] = x[:, :, start - lo : stop - lo]
+        return video
+
+
+def decode_windows(frames: int, chunk: Optional[int], overlap: int = DECODE_OVERLAP) -> list[tuple[int, int, int, int]]:
+    """(lo, start, stop, hi) per decode call: frames [start, stop) are kept from the window
+    [lo, hi), which adds up to `overlap` context frames on each side (clamped to the clip)."""
+    if chunk is None or chunk >= frames:
+        return [(0, 0, frames, frames)]
+    chunk, overlap = max(1, chunk), max(0, overlap)
+    return [
+        (max(0, start - overlap), start, min(start + chunk, frames), min(frames, start + chunk + overlap))
+        for start in range(0, frames, chunk)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode memory
+
+# Head-room on the counted activations for convolution workspaces (cuDNN) and allocator rounding.
+# On the CPU the allocator's measured peak is within a few percent of the count itself.
+DECODE_MEMORY_MARGIN = 1.5
+
+
+def _decoder_peak_channels(cfg: VAEConfig) -> float:
+    """The most activation channels alive at once in one decoder pass, in full-resolution units
+    (a tensor of c channels at 1/2^l of the size counts c / 4^l)."""
+    inner = cfg.fusion_heads * cfg.fusion_dim_head
+    levels = len(cfg.ch_mult)
+    c_in = cfg.ch * cfg.ch_mult[-1]
+    scale = 4.0 ** -(levels - 1)
+    # mid.attn_1 (single-head, per frame): input, normalised, q, k, v, attention out, projection.
+    peak = 7 * c_in * scale
+    for level in reversed(range(levels)):
+        c, scale = cfg.ch * cfg.ch_mult[level], 4.0**-level
+        # VideoResBlock, at its temporal stack's second Conv3d: the block's input (held by the
+        # caller), its spatial output, the first stage's result, the normalised second-stage input,
+        # the convolution's own buffer (its input is a permuted view) and its output.
+        peak = max(peak, (c_in + 5 * c) * scale)
+        c_in = c
+        if level in cfg.attn_levels:  # FusionCrossAttention: x, normalised, q, out, projected, sum
+            peak = max(peak, (4 * c + 2 * inner) * scale)
+        if level != 0:  # Upsample: the input, its nearest-neighbour copy and the conv output
+            peak = max(peak, c * (scale + 2 * 4 * scale))
+    # norm_out, the last Combiner's copy and its input.
+    return max(peak, 3.0 * cfg.ch * cfg.ch_mult[0])
+
+
+def decode_memory_bytes(
+    cfg: VAEConfig,
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    chunk: Optional[int] = None,
+    overlap: int = DECODE_OVERLAP,
+) -> int:
+    """Peak bytes of one `AutoencoderKLDualRef.decode` of (batch, frames) latents to height x width
+    pixels, weights excluded: the largest window's activations (with DECODE_MEMORY_MARGIN), the
+    reference features and the decoded video (kept three times by `pipeline.decode`'s second pass)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    window = max(hi - lo for lo, _, _, hi in decode_windows(frames, chunk, overlap))
+    pixels = height * width
+    activations = DECODE_MEMORY_MARGIN * _decoder_peak_channels(cfg) * batch * window * pixels * size
+    ref_channels = sum(cfg.ch * m * 4.0**-level for level, m in enumerate(cfg.ch_mult)) + cfg.ch
+    refs = ref_channels * batch * 2 * pixels * size
+    video = 3 * cfg.out_ch * batch * frames * pixels * size
+    return int(activations + refs + video)
+
+
+def auto_decode_chunk(
+    cfg: VAEConfig,
+    batch: int,
+    frames: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    free_bytes: int,
+    overlap: int = DECODE_OVERLAP,
+) -> Optional[int]:
+    """None (the whole clip) when its decode fits in `free_bytes`, else the largest chunk whose
+    decode (with `overlap`) fits; 1 when none does."""
+
+    def need(chunk: Optional[int]) -> int:
+        return decode_memory_bytes(cfg, batch, frames, height, width, dtype, chunk, overlap)
+
+    if need(None) <= free_bytes:
+        return None
+    return next((c for c in range(frames - 1, 0, -1) if need(c) <= free_bytes), 1)
