@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tooncrafter_core import conditioning  # noqa: E402
 from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig, from_original_yaml  # noqa: E402
+from tooncrafter_core.loading import UNET_PREFIX, unet_matrix_keys  # noqa: E402
+from tooncrafter_core.ops import CastWeights  # noqa: E402
 from tooncrafter_core.runtime import prepare  # noqa: E402
 from tooncrafter_core.pipeline import (  # noqa: E402
     Conditioning,
@@ -59,6 +61,7 @@ from tooncrafter_core.pipeline import (  # noqa: E402
 log = logging.getLogger("bench_interpolate")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+WEIGHT_DTYPES = {"auto": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 GIB = 1024**3
 
 
@@ -135,11 +138,19 @@ def init_random_(model: nn.Module, seed: int, std: float, dev: torch.device) -> 
             b.zero_()
 
 
-def build_model(config: ModelConfig, dtype: torch.dtype, dev: torch.device, seed: int, std: float) -> ToonCrafter:
+def build_model(
+    config: ModelConfig, dtype: torch.dtype, dev: torch.device, seed: int, std: float, unet_storage: Optional[torch.dtype] = None
+) -> ToonCrafter:
+    """Random weights in `dtype`; `unet_storage` (fp8) stores the UNet's Linear/Conv weights as the
+    loader's `unet_weight_dtype` does, computing through casting layers."""
     with torch.device("meta"):
-        model = ToonCrafter(config, dtype=dtype, device=None)
+        model = ToonCrafter(config, dtype=dtype, device=None, unet_operations=CastWeights if unet_storage else None)
     model.to_empty(device=dev)
     init_random_(model, seed, std, dev)
+    if unet_storage is not None:
+        for key in unet_matrix_keys(model):
+            layer = model.unet.get_submodule(key[len(UNET_PREFIX) : -len(".weight")])
+            layer.weight = nn.Parameter(layer.weight.detach().to(unet_storage), requires_grad=False)
     model.requires_grad_(False)
     model.eval()
     return model
@@ -171,7 +182,7 @@ COMPONENTS = {
 def ensure_tokenizer() -> str:
     """open_clip's tokenizer if it imports; else a deterministic stand-in (timing only, warned)."""
     try:
-        from open_clip.tokenizer import tokenize  # noqa: F401
+        conditioning.tokenize(["probe"])
 
         return "open_clip"
     except Exception as e:  # ImportError, or a broken optional dependency inside open_clip
@@ -341,7 +352,7 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     mem.reset_peak()
     before = mem.allocated()
     t0 = time.perf_counter()
-    model = build_model(config, dtype, dev, args.seed, args.init_std)
+    model = build_model(config, dtype, dev, args.seed, args.init_std, WEIGHT_DTYPES[args.weight_dtype])
     sync(dev)
     res["build_s"] = time.perf_counter() - t0
     res["weights_gib"] = gib(param_bytes(model))
@@ -483,6 +494,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-overlap", type=int, default=RuntimeOptions().decode_overlap,
                    help="context frames a chunked decode call adds on either side")
     p.add_argument("--no-second-decode", action="store_true")
+    p.add_argument("--weight-dtype", choices=sorted(WEIGHT_DTYPES), default="auto",
+                   help="UNet weight storage: auto (the compute dtype) or fp8 (cast to the compute dtype at each call)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (compiled in the warm-up)")
     p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")
     p.add_argument("--channels-last", action="store_true", help="channels-last convolution weights")

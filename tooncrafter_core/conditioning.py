@@ -8,6 +8,8 @@ Module trees follow the checkpoint: `cond_stage_model.model.*`, `embedder.model.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from typing import Sequence
 
 import torch
@@ -15,15 +17,22 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .config import ResamplerConfig, TextEncoderConfig, VisionEncoderConfig
+from .config import ResamplerConfig, TextEncoderConfig, VisionEncoderConfig, open_clip_file
 from .ops import Default, param
+
+
+@functools.lru_cache(maxsize=1)
+def _open_clip_tokenizer():
+    """open_clip's tokenizer module alone, without importing the package (see `open_clip_file`)."""
+    spec = importlib.util.spec_from_file_location("_tooncrafter_open_clip_tokenizer", open_clip_file("tokenizer.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tokenize(prompts: Sequence[str], context_length: int = 77) -> torch.Tensor:
     """CLIP BPE tokens, (n, context_length) long; open_clip's tokenizer ships its vocabulary."""
-    from open_clip.tokenizer import tokenize as _tokenize
-
-    return _tokenize(list(prompts), context_length=context_length)
+    return _open_clip_tokenizer().tokenize(list(prompts), context_length=context_length)
 
 
 class SelfAttention(nn.Module):

@@ -8,6 +8,7 @@ one place; `loading.infer_config` reads the same values from weight shapes.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -220,16 +221,23 @@ class ConfigError(ValueError):
     """The model configuration is unsupported or inconsistent."""
 
 
+def open_clip_file(name: str) -> Path:
+    """A file of the installed open_clip package, found without importing the package (its import
+    pulls in its model zoo: about 0.25 GB and seconds of start-up, for a tokenizer and some json)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("open_clip is not installed: pip install open_clip_torch")
+    return Path(spec.submodule_search_locations[0]) / name
+
+
 def _openclip_arch(name: str, search_dir: Optional[Path]) -> tuple[TextEncoderConfig, VisionEncoderConfig]:
     """Read an OpenCLIP architecture json: next to the checkpoint first, then open_clip's bundled ones."""
     candidates = []
     if search_dir is not None:
         candidates.append(Path(search_dir) / f"{name}.json")
     try:
-        import open_clip
-
-        candidates.append(Path(open_clip.__file__).parent / "model_configs" / f"{name}.json")
-    except ImportError:  # the tokenizer needs open_clip anyway; the error comes later with context
+        candidates.append(open_clip_file(f"model_configs/{name}.json"))
+    except ModuleNotFoundError:  # the tokenizer needs open_clip anyway; the error comes later with context
         pass
     for path in candidates:
         if path.is_file():
