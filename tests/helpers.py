@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
@@ -37,3 +39,14 @@ def tiny_checkpoint(folder: Path, stem: str = "tiny", case: Path = TINY) -> Path
         if js.name not in ("reference.json",):
             shutil.copy(js, folder / js.name)
     return folder / f"{stem}.safetensors"
+
+
+def full_size_unet_uninitialised():
+    """The released UNet architecture (1.44 B parameters) on the CPU, built on meta and given
+    uninitialised fp32 storage: the caller fills it (random weights for full-size checks)."""
+    from tooncrafter_core.config import ModelConfig
+    from tooncrafter_core.unet import UNetModel
+
+    with torch.device("meta"):
+        unet = UNetModel(ModelConfig().unet)
+    return unet.to_empty(device="cpu")

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import relative_error as rel, tiny_checkpoint
+from helpers import full_size_unet_uninitialised, relative_error as rel, tiny_checkpoint
 from tooncrafter_core import ops
 from tooncrafter_core.attention import CrossAttention, FrameContext
-from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig
+from tooncrafter_core.config import RuntimeOptions, SamplingConfig
 from tooncrafter_core.loading import load_model
 from tooncrafter_core.pipeline import (
     contexts,
@@ -162,10 +162,8 @@ def test_compiled_model_traces_whole_and_never_recompiles_between_steps(tiny_pat
 
 @pytest.fixture(scope="module")
 def full_unet():
-    cfg = ModelConfig().unet
-    with torch.device("meta"):
-        unet = UNetModel(cfg)
-    unet.to_empty(device="cpu")
+    unet = full_size_unet_uninitialised()
+    cfg = unet.config
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for m in unet.modules():

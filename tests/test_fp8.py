@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import REPO, TINY, relative_error, tiny_checkpoint
+from helpers import REPO, TINY, full_size_unet_uninitialised, relative_error, tiny_checkpoint
 from tooncrafter_core.config import ModelConfig, SamplingConfig
 from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
 from tooncrafter_core.ops import CastWeights
@@ -162,10 +162,8 @@ def _fill_(unet: UNetModel, seed: int = 0) -> None:
 @pytest.fixture(scope="module")
 def full_size():
     """The fp32 UNet, its inputs (8x8 latent, 2 frames: the smallest the 3 downsamplings take) and its output."""
-    cfg = ModelConfig().unet
-    with torch.device("meta"):
-        unet = UNetModel(cfg)
-    unet.to_empty(device="cpu")
+    unet = full_size_unet_uninitialised()
+    cfg = unet.config
     _fill_(unet)
     unet.requires_grad_(False).eval()
     gen = torch.Generator().manual_seed(1)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .conditioning import ImageEncoder, Resampler, TextEncoder, clip_pixels, zero_image
-from .config import DECODE_OVERLAP, ModelConfig, RuntimeOptions, SamplingConfig
+from .config import DECODE_OVERLAP, ModelConfig, RuntimeOptions, SamplingConfig, VisionEncoderConfig
 from .ops import Default
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim

@@ -17,7 +17,7 @@ from torch import nn
 
 from .attention import FrameContext, SpatialTransformer, TemporalTransformer
 from .config import UNetConfig
-from .ops import Default, group_norm, norm_silu
+from .ops import Default, norm_silu
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
