@@ -165,11 +165,19 @@ def sample_ddim(
                 noise = noises[i].to(x)
             else:
                 noise = torch.randn(x.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
-                noise = noise.to(x)
+                noise = _to_like(noise, x)
         x, x0 = ddim_update(x, eps, x0, step, noise)
         if callback is not None:
             callback(i, x, x0)
     return x
+
+
+def _to_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t` on `like`'s device and dtype. A CPU draw goes to a GPU through pinned memory without
+    blocking: a plain copy from pageable memory would wait for every queued kernel at each step."""
+    if t.device.type == "cpu" and like.device.type == "cuda":
+        t = t.pin_memory().to(like.device, non_blocking=True)
+    return t.to(like)
 
 
 def _gen_device(generator: Optional[torch.Generator]) -> torch.device:
