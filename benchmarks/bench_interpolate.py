@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tooncrafter_core import conditioning  # noqa: E402
 from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig, from_original_yaml  # noqa: E402
-from tooncrafter_core.loading import UNET_PREFIX, unet_matrix_keys  # noqa: E402
+from tooncrafter_core.loading import FP8_DTYPES, UNET_PREFIX, WEIGHT_DTYPES, unet_matrix_keys  # noqa: E402
 from tooncrafter_core.ops import CastWeights  # noqa: E402
 from tooncrafter_core.runtime import prepare  # noqa: E402
 from tooncrafter_core.pipeline import (  # noqa: E402
@@ -61,7 +61,7 @@ from tooncrafter_core.pipeline import (  # noqa: E402
 log = logging.getLogger("bench_interpolate")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-WEIGHT_DTYPES = {"auto": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+UNET_STORAGE = {"auto": None, **{name: d for name, d in WEIGHT_DTYPES.items() if d in FP8_DTYPES}}
 GIB = 1024**3
 
 
@@ -352,7 +352,7 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     mem.reset_peak()
     before = mem.allocated()
     t0 = time.perf_counter()
-    model = build_model(config, dtype, dev, args.seed, args.init_std, WEIGHT_DTYPES[args.weight_dtype])
+    model = build_model(config, dtype, dev, args.seed, args.init_std, UNET_STORAGE[args.weight_dtype])
     sync(dev)
     res["build_s"] = time.perf_counter() - t0
     res["weights_gib"] = gib(param_bytes(model))
@@ -494,7 +494,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-overlap", type=int, default=RuntimeOptions().decode_overlap,
                    help="context frames a chunked decode call adds on either side")
     p.add_argument("--no-second-decode", action="store_true")
-    p.add_argument("--weight-dtype", choices=sorted(WEIGHT_DTYPES), default="auto",
+    p.add_argument("--weight-dtype", choices=sorted(UNET_STORAGE), default="auto",
                    help="UNet weight storage: auto (the compute dtype) or fp8 (cast to the compute dtype at each call)")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (compiled in the warm-up)")
     p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")

@@ -21,6 +21,7 @@ import folder_paths
 
 from ..tooncrafter_core import catalog, frames, pipeline
 from ..tooncrafter_core.config import DECODE_OVERLAP, ModelConfig, RuntimeOptions
+from ..tooncrafter_core import loading
 from ..tooncrafter_core.loading import FP8_DTYPES, load_model
 from ..tooncrafter_core.runtime import prepare
 from ..tooncrafter_core.schedule import Schedule
@@ -30,14 +31,7 @@ log = logging.getLogger(__name__)
 
 FOLDER = "tooncrafter"
 EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
-WEIGHT_DTYPES = {
-    "auto": None,
-    "fp32": torch.float32,
-    "fp16": torch.float16,
-    "bf16": torch.bfloat16,
-    "fp8_e4m3fn": torch.float8_e4m3fn,
-    "fp8_e5m2": torch.float8_e5m2,
-}
+WEIGHT_DTYPES = {"auto": None, **loading.WEIGHT_DTYPES}
 
 
 def register_folder() -> None:

@@ -14,14 +14,13 @@ import torch
 
 from . import catalog, frames
 from .config import RuntimeOptions, SamplingConfig
-from .loading import FP8_DTYPES, CheckpointError, load_model
+from .loading import FP8_DTYPES, WEIGHT_DTYPES, CheckpointError, load_model
 from .ops import CastWeights
 from .pipeline import InputError, ToonCrafter, interpolate
 
 log = logging.getLogger("tooncrafter_core")
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-WEIGHT_DTYPES = {**DTYPES, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -58,6 +58,14 @@ CHECKPOINT_ONLY_KEYS: dict[str, str] = {
 
 # Storage-only dtypes: no matmul or convolution takes them, so their layers must cast at run time.
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+# The weight dtypes hosts offer by name (CLI --weight-dtype, the loader node, the benchmark).
+WEIGHT_DTYPES = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
 
 
 class CheckpointError(RuntimeError):

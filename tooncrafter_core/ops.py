@@ -93,8 +93,7 @@ def group_norm(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     w = norm.weight
     if w is None or (w.dtype == x.dtype and w.device == x.device):
         return norm(x)
-    b = None if norm.bias is None else param(norm.bias, x)
-    return F.group_norm(x, norm.num_groups, param(w, x), b, norm.eps)
+    return F.group_norm(x, norm.num_groups, *_weight_and_bias(norm, x), norm.eps)
 
 
 def norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
