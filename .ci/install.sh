@@ -21,7 +21,8 @@ grep -viE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#[]|$)
 "${pip[@]}" -c "$tmp/constraints.txt" \
     -r "$repo/requirements.txt" \
     -r "$tmp/comfyui-requirements.txt" \
-    requests pytest playwright
+    requests pytest playwright \
+    "scikit-image>=0.22" "lpips>=0.1.4"
 
 if [ ! -x /usr/bin/chromium ]; then
     sudo=()

@@ -50,3 +50,71 @@ def full_size_unet_uninitialised():
     with torch.device("meta"):
         unet = UNetModel(ModelConfig().unet)
     return unet.to_empty(device="cpu")
+
+
+ATTN2_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def attn2_modules(unet_state) -> list[str]:
+    """Module paths of the UNet's spatial cross-attention projections (what the published LoRA adapts)."""
+    return sorted(
+        k[: -len(".weight")]
+        for k in unet_state
+        if ".attn2." in k and k.endswith(".weight") and k.split(".attn2.")[1][: -len(".weight")] in ATTN2_PROJECTIONS
+    )
+
+
+def random_lora(unet_state, rank: int = 4, seed: int = 0, std: float = 0.2) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Random (A (r in), B (out r)) fp32 factors for every attn2 projection of a UNet state dict."""
+    g = torch.Generator().manual_seed(seed)
+    factors = {}
+    for module in attn2_modules(unet_state):
+        out, inp = unet_state[module + ".weight"].shape
+        factors[module] = (torch.randn(rank, inp, generator=g) * std, torch.randn(out, rank, generator=g) * std)
+    return factors
+
+
+def save_peft_lora(folder: Path, factors, alpha: float, **config) -> Path:
+    """A PEFT `save_pretrained` folder: adapter_model.safetensors + adapter_config.json."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for module, (a, b) in factors.items():
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    rank = next(iter(factors.values()))[0].shape[0]
+    targets = sorted({m.rsplit(".attn2.", 1)[1] for m in factors})
+    meta = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": targets, **config}
+    (folder / "adapter_config.json").write_text(json.dumps(meta))
+    return folder / "adapter_model.safetensors"
+
+
+def save_kohya_lora(path: Path, factors, alpha: float) -> Path:
+    """The same factors as a kohya-style file (lora_unet_<path with _>.lora_down/lora_up/alpha)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for module, (a, b) in factors.items():
+        name = "lora_unet_" + module.replace(".", "_")
+        tensors[f"{name}.lora_down.weight"] = a.contiguous()
+        tensors[f"{name}.lora_up.weight"] = b.contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
+# A PEFT adapter for the tiny fixture's UNet, as ComfyUI lists it from models/loras.
+TINY_LORA = "tiny_peft/adapter_model.safetensors"
+TINY_LORA_ALPHA = 8.0
+
+
+def tiny_lora(path: Path, case: Path = TINY) -> Path:
+    """Write the random PEFT LoRA for `case`'s UNet at `path` (.../adapter_model.safetensors)."""
+    from safetensors.torch import load_file
+
+    prefix = "model.diffusion_model."
+    unet = {k[len(prefix) :]: v for k, v in load_file(str(case / "model.safetensors")).items() if k.startswith(prefix)}
+    return save_peft_lora(path.parent, random_lora(unet), TINY_LORA_ALPHA)

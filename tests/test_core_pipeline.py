@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, TINY, tiny_checkpoint
+from helpers import REPO, tiny_checkpoint
 from tooncrafter_core import frames
-from tooncrafter_core.config import RuntimeOptions, SamplingConfig
+from tooncrafter_core.config import SamplingConfig
 from tooncrafter_core.loading import load_model
 from tooncrafter_core.pipeline import InputError, interpolate
 from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps, ddim_update

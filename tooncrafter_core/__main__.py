@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from . import catalog, frames
+from . import catalog, convert, evaluate, frames, lora
 from .config import RuntimeOptions, SamplingConfig
-from .loading import FP8_DTYPES, WEIGHT_DTYPES, CheckpointError, load_model
-from .ops import CastWeights
-from .pipeline import InputError, ToonCrafter, interpolate
+from .loading import WEIGHT_DTYPES, CheckpointError, load_for
+from .pipeline import InputError, interpolate
 
 log = logging.getLogger("tooncrafter_core")
 
@@ -58,18 +57,26 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--channels-last", action="store_true",
                    help="channels-last convolution weights (faster in fp16/bf16, slower in fp32 on the CPU)")
     i.add_argument("--fps", type=int, default=8, help="preview frame rate")
+    lora.add_argument(i)
     i.add_argument("--no-second-decode", action="store_true", help="skip the original's second decode of the middle pair")
+
+    c = sub.add_parser(
+        "convert",
+        help="write a checkpoint in another precision, without the encoders, or with LoRAs merged in",
+        description="Convert a ToonCrafter checkpoint (any released layout) into one .safetensors file that "
+        "this CLI and the ComfyUI loader read back. The noise-schedule buffers stay fp32 whatever --dtype says.",
+    )
+    c.add_argument("input", type=Path, help="checkpoint to convert (.ckpt or .safetensors)")
+    c.add_argument("output", type=Path, help="the converted .safetensors (the yaml beside the input is copied beside it)")
+    c.add_argument("--dtype", choices=sorted(DTYPES), required=True, help="precision of the converted weights")
+    c.add_argument("--parts", choices=convert.PARTS, default="all",
+                   help="unet: convert only the UNet (1.44 B of 2.57 B parameters), the rest as in the file; all: everything")
+    c.add_argument("--prune-encoders", action="store_true",
+                   help="drop the OpenCLIP text and image encoders (1 B parameters); the ComfyUI workflow then "
+                   "takes them from CLIPLoader / CLIPVisionLoader")
+    lora.add_argument(c)
+    evaluate.add_parser(sub)
     return p
-
-
-def _load(ckpt: Path, dtype: torch.dtype, storage: torch.dtype | None) -> ToonCrafter:
-    """The model with weights stored in `storage` (None: `dtype`) for computing in `dtype`."""
-    if storage in FP8_DTYPES:
-        return load_model(ckpt, dtype=dtype, unet_weight_dtype=storage)
-    if storage is None or storage == dtype:
-        return load_model(ckpt, dtype=dtype)
-    # Stored in one precision, computed in another: every layer casts its weights at each call.
-    return load_model(ckpt, dtype=storage, operations=CastWeights)
 
 
 class _Progress:
@@ -91,7 +98,9 @@ def run_interpolate(args: argparse.Namespace) -> Path:
         ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    model = _load(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype)).to(device)
+    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype))
+    lora.merge_specs(model, args.lora)
+    model = model.to(device)
     height = args.height or model.config.pixel_size[0]
     width = args.width or model.config.pixel_size[1]
     start = frames.to_model(frames.fit(frames.load_image(args.start), height, width, args.resize))
@@ -126,14 +135,23 @@ def run_interpolate(args: argparse.Namespace) -> Path:
     return args.out
 
 
+def run_convert(args: argparse.Namespace) -> Path:
+    convert.convert(args.input, args.output, DTYPES[args.dtype], args.parts, args.prune_encoders, args.lora)
+    return args.output
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
+    commands = {"interpolate": run_interpolate, "convert": run_convert, "evaluate": evaluate.run}
     try:
-        run_interpolate(args)
-    except (InputError, CheckpointError, catalog.DownloadError, ValueError) as e:
+        commands[args.command](args)
+    except (InputError, CheckpointError, catalog.DownloadError, lora.LoraError, ValueError) as e:
         log.error("error: %s", e)
         return 2
+    except FloatingPointError as e:
+        log.error("error: %s (--dtype bf16 or --dtype fp32 on this command line)", e)
+        return 3
     return 0
 
 

@@ -382,3 +382,16 @@ def load_model(
         has_vision,
     )
     return model
+
+
+def load_for(path: str | Path, dtype: torch.dtype, weight_dtype: Optional[torch.dtype] = None) -> ToonCrafter:
+    """A model that computes in `dtype` with its weights stored in `weight_dtype` (None: `dtype`).
+
+    fp8 storage applies to the UNet's Linear and Conv weights (the rest is in `dtype`); any other
+    storage dtype builds every layer as a casting layer that converts its weights at each call.
+    """
+    if weight_dtype in FP8_DTYPES:
+        return load_model(path, dtype=dtype, unet_weight_dtype=weight_dtype)
+    if weight_dtype is None or weight_dtype == dtype:
+        return load_model(path, dtype=dtype)
+    return load_model(path, dtype=weight_dtype, operations=CastWeights)

@@ -43,8 +43,11 @@ TOLERANCE = 1e-4
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def run_case(case_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """All stages for one recorded case, as fp32 CPU tensors under the reference's names."""
+def run_case(
+    case_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu", ckpt: str | Path | None = None
+) -> dict[str, torch.Tensor]:
+    """All stages for one recorded case, as fp32 CPU tensors under the reference's names; `ckpt`
+    replaces the case's weights (e.g. a converted copy of them)."""
     case_dir = Path(case_dir)
     settings = json.loads((case_dir / "reference.json").read_text())
     reference = load_file(str(case_dir / "reference.safetensors"))
@@ -52,7 +55,7 @@ def run_case(case_dir: str | Path, dtype: torch.dtype = torch.float32, device: s
     del reference
 
     config = from_original_yaml(case_dir / "config.yaml")
-    model = load_model(case_dir / "model.safetensors", dtype=dtype, config=config).to(device)
+    model = load_model(ckpt or case_dir / "model.safetensors", dtype=dtype, config=config).to(device)
     dev = torch.device(device)
     x = {k: v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for k, v in inputs.items()}
     frames = settings["frames"]
@@ -142,11 +145,12 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ckpt", type=Path, help="weights to use instead of the case's (e.g. a converted copy)")
     parser.add_argument("--compare", action="store_true", help=f"print each stage's relative error, fail above {TOLERANCE}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    ours = run_case(args.case_dir, DTYPES[args.dtype], args.device)
+    ours = run_case(args.case_dir, DTYPES[args.dtype], args.device, args.ckpt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(ours, str(args.out))
     log.info("wrote %d stages to %s", len(ours), args.out)

@@ -142,6 +142,28 @@ def ddim_update(
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
+# Steps between checks for NaN/inf: each check waits for the device, so not at every step.
+FINITE_CHECK_EVERY = 5
+
+
+class SamplingOverflowError(FloatingPointError):
+    """The denoiser's output overflowed (NaN/inf) during sampling; the message names the fix."""
+
+    def __init__(self, step: int, steps: int, dtype: torch.dtype):
+        self.step, self.steps, self.dtype = step, steps, dtype
+        if dtype == torch.float16:
+            # fp16 tops out at 65504; bf16 has fp32's exponent range at fp16's memory and speed.
+            fix = "compute in bfloat16 or float32 instead"
+        else:
+            fix = (
+                "with this much range the weights themselves are off: lower the LoRA strength, or "
+                "convert or download the checkpoint again"
+            )
+        super().__init__(
+            f"sampling produced NaN/inf values by step {step} of {steps} while computing in "
+            f"{str(dtype).removeprefix('torch.')}; {fix}"
+        )
+
 
 def sample_ddim(
     denoiser: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
@@ -154,8 +176,11 @@ def sample_ddim(
     """DDIM (Song et al. 2021, Alg. in Sec. 4.1) from x = x_T along `plan`.
 
     Per-step noise comes from `noises[i]` or is drawn with `generator` (only when eta > 0).
-    `callback(i, x, x0)` runs after every step; raising from it stops sampling.
+    `callback(i, x, x0)` runs after every step; raising from it stops sampling. Non-finite values
+    stop sampling with SamplingOverflowError (checked at the first step, every FINITE_CHECK_EVERY
+    steps and at the last).
     """
+    bad = None
     for i, step in enumerate(plan):
         t = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
         eps, x0 = denoiser(x, t)
@@ -167,6 +192,10 @@ def sample_ddim(
                 noise = torch.randn(x.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
                 noise = _to_like(noise, x)
         x, x0 = ddim_update(x, eps, x0, step, noise)
+        nonfinite = ~torch.isfinite(x).all()
+        bad = nonfinite if bad is None else bad | nonfinite
+        if (i % FINITE_CHECK_EVERY == 0 or i == len(plan) - 1) and bad.item():
+            raise SamplingOverflowError(i + 1, len(plan), x.dtype)
         if callback is not None:
             callback(i, x, x0)
     return x
