@@ -3,6 +3,7 @@
 from .conditioning import ToonCrafterConditioning
 from .decoder import ToonCrafterDecode
 from .loader import LoadToonCrafterModel
+from .lora import LoadToonCrafterLora
 from .sampler import ToonCrafterSampler
 
-NODES = [LoadToonCrafterModel, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode]
+NODES = [LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -18,12 +18,14 @@ import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 import folder_paths
+from comfy.weight_adapter import LoRAAdapter
 
-from ..tooncrafter_core import catalog, frames, pipeline
+from ..tooncrafter_core import catalog, frames, lora, pipeline
 from ..tooncrafter_core.config import DECODE_OVERLAP, ModelConfig, RuntimeOptions
 from ..tooncrafter_core import loading
 from ..tooncrafter_core.loading import FP8_DTYPES, load_model
 from ..tooncrafter_core.runtime import prepare
+from ..tooncrafter_core.sampling import SamplingOverflowError
 from ..tooncrafter_core.schedule import Schedule
 from ..tooncrafter_core.vae import auto_decode_chunk, decode_memory_bytes
 
@@ -134,6 +136,10 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
 
     unet_device = mm.get_torch_device()
     supported = [torch.float16, torch.bfloat16, torch.float32]
+    if stored == torch.bfloat16:
+        # ComfyUI tries fp16 first; weights chosen as bf16 ask for bf16's range, the fix for fp16
+        # overflow, so bf16 goes first where the device has it.
+        supported = [torch.bfloat16, torch.float16, torch.float32]
     if stored in FP8_DTYPES:
         # As ComfyUI does for its own fp8 diffusion models: the weights stay fp8 and the manual_cast
         # layers compute in what unet_manual_cast picks (fp16 or bf16 on a GPU, fp32 on the CPU).
@@ -248,11 +254,36 @@ def sample(
         concat.to(device, dtype),
         cond.fs.to(device),
     )
-    with torch.inference_mode():
-        samples = pipeline.sample(
-            handle.unet.model, handle.schedule, on_device, sampling, x_T.to(dtype), generator=generator, callback=callback
-        )
+    try:
+        with torch.inference_mode():
+            samples = pipeline.sample(
+                handle.unet.model, handle.schedule, on_device, sampling, x_T.to(dtype), generator=generator, callback=callback
+            )
+    except SamplingOverflowError as e:
+        raise FloatingPointError(
+            f"{e}. In ComfyUI: set weight_dtype to bf16 in Load ToonCrafter Model, or start ComfyUI with "
+            "--bf16-unet or --fp32-unet; with a Load ToonCrafter LoRA, lower its strength"
+        ) from None
     return _out(samples.float())
+
+
+def with_lora(handle: ToonCrafterModel, name: str, strength: float) -> ToonCrafterModel:
+    """A handle whose UNet patcher is a clone carrying the LoRA as ModelPatcher patches: ComfyUI
+    adds them when it loads the UNet (partially loaded layers too) and takes them off again for a
+    patcher without them, so the base weights come back when the node is bypassed or removed."""
+    if strength == 0:
+        return handle
+    path = folder_paths.get_full_path_or_raise("loras", name)
+    adapter = lora.load_lora(path, lora.adaptable_shapes(handle.unet.model_state_dict()))
+    # ComfyUI's LoRA math is `strength * (alpha / rank) * up @ down`: alpha carries our scale.
+    patches = {
+        key: LoRAAdapter(set(), (layer.up, layer.down, layer.scale * layer.rank, None, None, None))
+        for key, layer in adapter.layers.items()
+    }
+    unet = handle.unet.clone()
+    applied = unet.add_patches(patches, strength)
+    log.info("ToonCrafter LoRA %s at strength %g: %d UNet layers", adapter.name, strength, len(applied))
+    return replace(handle, unet=unet)
 
 
 def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode: bool, chunk: Optional[int]) -> torch.Tensor:

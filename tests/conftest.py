@@ -3,14 +3,15 @@
 import pytest
 
 from comfy_harness import ComfyServer, FrontendSession
-from helpers import tiny_checkpoint
+from helpers import TINY_LORA, tiny_checkpoint, tiny_lora
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """A running ComfyUI with this pack linked in and the tiny ToonCrafter model staged."""
+    """A running ComfyUI with this pack linked in and the tiny ToonCrafter model and a LoRA for it staged."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
     tiny_checkpoint(server.tooncrafter_models_dir, stem="tooncrafter_tiny")
+    tiny_lora(server.models_dir / "loras" / TINY_LORA)
     with server:
         yield server
 

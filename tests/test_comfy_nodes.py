@@ -21,6 +21,7 @@ TINY_CKPT = "tooncrafter_tiny.safetensors"
 # The node reference of README.md: every node, its inputs in order, and its outputs.
 DOCUMENTED = {
     "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model"]),
+    "ToonCrafterLoraLoader": (["model", "lora_name", "strength"], ["model"]),
     "ToonCrafterConditioning": (
         ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",
          "resize", "frames", "clip", "clip_vision"],
@@ -157,14 +158,22 @@ def _saved_images(comfy_server, entry: dict) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(comfy_server.view(f)))) for f in files]).astype(np.float32) / 255
 
 
-def _core_frames(ckpt: Path, seed: int, **load_options) -> np.ndarray:
-    """What the core's `interpolate` draws for `_seed_prompt(seed)`, (t h w c) in [0, 1]."""
+def _core_frames(ckpt: Path, seed: int, lora=(), **load_options) -> np.ndarray:
+    """What the core's `interpolate` draws for `_seed_prompt(seed)`, (t h w c) in [0, 1]; `lora`
+    (LoraSpecs) merged into the weights."""
     from tooncrafter_core import frames as tc_frames
     from tooncrafter_core.config import SamplingConfig
     from tooncrafter_core.loading import load_model
+    from tooncrafter_core.lora import merge_specs
     from tooncrafter_core.pipeline import interpolate
 
-    model = load_model(ckpt, dtype=torch.float32, **load_options)
+    if lora:
+        # ComfyUI keeps the file's fp16 weights and patches them: merge into fp16, compute in fp32.
+        model = load_model(ckpt, **load_options)
+        merge_specs(model, lora)
+        model.float()
+    else:
+        model = load_model(ckpt, dtype=torch.float32, **load_options)
     keyframes = REPO / "workflows" / "keyframes"
     start, end = (tc_frames.to_model(tc_frames.fit(tc_frames.load_image(keyframes / n), 64, 64, "crop"))
                   for n in ("tooncrafter_start.png", "tooncrafter_end.png"))
