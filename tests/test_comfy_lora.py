@@ -67,3 +67,20 @@ def test_a_lora_for_another_model_is_refused_with_its_keys(comfy_server):
     # Nothing was left half-applied: the next plain run gives the base frames.
     again = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=13), timeout=600))
     assert np.array_equal(again, base)
+
+
+def test_loader_reads_a_converted_checkpoint_with_the_lora_merged_in(comfy_server, tmp_path):
+    from tooncrafter_core.convert import convert
+    from tooncrafter_core.lora import LoraSpec
+
+    lora_file = comfy_server.models_dir / "loras" / TINY_LORA
+    merged = comfy_server.tooncrafter_models_dir / "tooncrafter_tiny_merged.safetensors"
+    # fp16 like the file, so the merge rounds once into fp16 exactly as ComfyUI's patching does.
+    convert(tiny_checkpoint(tmp_path), merged, torch.float16, lora_specs=[LoraSpec(lora_file, 0.6)])
+    prompt = _seed_prompt(seed=14)
+    prompt["1"]["inputs"]["ckpt_name"] = merged.name
+    from_file = _saved_images(comfy_server, comfy_server.run(prompt, timeout=600))
+    from_node = _saved_images(comfy_server, comfy_server.run(_with_lora(14, 0.6), timeout=600))
+    base = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=14), timeout=600))
+    assert np.abs(from_file - from_node).max() <= 1.5 / 255
+    assert np.abs(from_file - base).max() > 0.02
