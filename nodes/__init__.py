@@ -5,5 +5,6 @@ from .decoder import ToonCrafterDecode
 from .loader import LoadToonCrafterModel
 from .lora import LoadToonCrafterLora
 from .sampler import ToonCrafterSampler
+from .sequence import ToonCrafterSequence
 
-NODES = [LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode]
+NODES = [LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence]

@@ -64,28 +64,39 @@ class ToonCrafterConditioning(io.ComfyNode):
         cls, model, start_image, end_image, prompt, negative_prompt, frame_stride, width, height, resize, frames,
         clip=None, clip_vision=None,
     ) -> io.NodeOutput:
-        multiple = size_multiple(model.config)
-        if width % multiple or height % multiple:
-            raise InputError(f"width and height must be multiples of {multiple}, got {width}x{height}")
-        start, end = _pairs(start_image, end_image)
-        start = tc_frames.to_model(tc_frames.fit(start, height, width, resize))
-        end = tc_frames.to_model(tc_frames.fit(end, height, width, resize))
-        b = start.shape[0]
-        frames = frames or model.config.frames
-        if frames < 2:
-            raise InputError("frames must be 0 (the model's) or at least 2")
+        return io.NodeOutput(
+            *condition(model, start_image, end_image, prompt, negative_prompt, frame_stride, width, height, resize,
+                       frames, clip, clip_vision)
+        )
 
-        texts = tc_model.text_context(model, [prompt] * b + [negative_prompt] * b, clip)
-        text, text_neg = texts[:b], texts[b:]
-        image, image_neg = tc_model.image_contexts(model, start, clip_vision)
-        keyframes = tc_model.encode_keyframes(model, start, end)
 
-        fs = torch.full((b,), frame_stride, dtype=torch.long)
-        positive = [[join_context(text, image), {FS_KEY: fs}]]
-        negative = [[join_context(text_neg, image_neg), {FS_KEY: fs}]]
-        h, w = height // model.config.vae.downsample_factor, width // model.config.vae.downsample_factor
-        latent = {
-            "samples": torch.zeros(b, model.config.vae.z_channels, frames, h, w),
-            KEYFRAMES_KEY: keyframes,
-        }
-        return io.NodeOutput(positive, negative, latent)
+def condition(
+    model, start_image, end_image, prompt, negative_prompt, frame_stride, width, height, resize, frames,
+    clip=None, clip_vision=None,
+) -> tuple[list, list, dict]:
+    """What the Conditioning node outputs: (positive, negative, latent) for IMAGE keyframe batches."""
+    multiple = size_multiple(model.config)
+    if width % multiple or height % multiple:
+        raise InputError(f"width and height must be multiples of {multiple}, got {width}x{height}")
+    start, end = _pairs(start_image, end_image)
+    start = tc_frames.to_model(tc_frames.fit(start, height, width, resize))
+    end = tc_frames.to_model(tc_frames.fit(end, height, width, resize))
+    b = start.shape[0]
+    frames = frames or model.config.frames
+    if frames < 2:
+        raise InputError("frames must be 0 (the model's) or at least 2")
+
+    texts = tc_model.text_context(model, [prompt] * b + [negative_prompt] * b, clip)
+    text, text_neg = texts[:b], texts[b:]
+    image, image_neg = tc_model.image_contexts(model, start, clip_vision)
+    keyframes = tc_model.encode_keyframes(model, start, end)
+
+    fs = torch.full((b,), frame_stride, dtype=torch.long)
+    positive = [[join_context(text, image), {FS_KEY: fs}]]
+    negative = [[join_context(text_neg, image_neg), {FS_KEY: fs}]]
+    h, w = height // model.config.vae.downsample_factor, width // model.config.vae.downsample_factor
+    latent = {
+        "samples": torch.zeros(b, model.config.vae.z_channels, frames, h, w),
+        KEYFRAMES_KEY: keyframes,
+    }
+    return positive, negative, latent

@@ -35,9 +35,18 @@ class ToonCrafterDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, frames_per_chunk, second_decode) -> io.NodeOutput:
-        keyframes = latent.get(KEYFRAMES_KEY)
-        if keyframes is None:
-            raise InputError("latent must come from ToonCrafter Sampler (it carries the keyframe reference features)")
-        video = tc_model.decode(model, latent["samples"], keyframes.refs, second_decode, frames_per_chunk or None)
-        b, c, t, h, w = video.shape
-        return io.NodeOutput(video.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c))
+        return io.NodeOutput(to_image(decode_video(model, latent, frames_per_chunk, second_decode)))
+
+
+def decode_video(model, latent, frames_per_chunk, second_decode):
+    """Latents from ToonCrafter Sampler -> video (b 3 t H W) in [0, 1]."""
+    keyframes = latent.get(KEYFRAMES_KEY)
+    if keyframes is None:
+        raise InputError("latent must come from ToonCrafter Sampler (it carries the keyframe reference features)")
+    return tc_model.decode(model, latent["samples"], keyframes.refs, second_decode, frames_per_chunk or None)
+
+
+def to_image(video):
+    """(b 3 t H W) -> IMAGE (b*t H W 3), clips one after another."""
+    b, c, t, h, w = video.shape
+    return video.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c)

@@ -49,27 +49,40 @@ class ToonCrafterSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing) -> io.NodeOutput:
-        keyframes = latent.get(KEYFRAMES_KEY)
-        if keyframes is None:
-            raise InputError("latent must be the latent output of ToonCrafter Conditioning (it has no keyframe features)")
-        pos_ctx, pos_opts = _single(positive, "positive")
-        neg_ctx, _ = _single(negative, "negative")
-        sampling = SamplingConfig(
-            steps=steps, cfg_scale=cfg, eta=eta, fs=int(pos_opts[FS_KEY][0]),
-            guidance_rescale=guidance_rescale, timestep_spacing=timestep_spacing,
+        on_step = step_callback(model, steps, latent["samples"].shape[2])
+        return io.NodeOutput(
+            sample_latent(model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing, on_step)
         )
-        cond = Conditioning(pos_ctx, neg_ctx if cfg != 1.0 else None, None, pos_opts[FS_KEY])
-        frames = latent["samples"].shape[2]
 
-        pbar = comfy.utils.ProgressBar(steps)
-        previewer = latent_preview.get_previewer(model.unet.load_device, comfy.latent_formats.SD15())
 
-        def on_step(i, x, x0):
-            mm.throw_exception_if_processing_interrupted()
-            preview = None
-            if previewer is not None:
-                preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, frames // 2])
-            pbar.update_absolute(i + 1, steps, preview)
+def step_callback(model, total: int, frames: int):
+    """A sampling callback that honours Cancel and drives one progress bar of `total` steps, with a
+    preview of the middle frame."""
+    pbar = comfy.utils.ProgressBar(total)
+    previewer = latent_preview.get_previewer(model.unet.load_device, comfy.latent_formats.SD15())
 
-        samples = tc_model.sample(model, cond, keyframes, frames, sampling, seed, on_step)
-        return io.NodeOutput({"samples": samples, KEYFRAMES_KEY: keyframes})
+    def on_step(i, x, x0):
+        mm.throw_exception_if_processing_interrupted()
+        preview = None
+        if previewer is not None:
+            preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, frames // 2])
+        pbar.update_absolute(i + 1, total, preview)
+
+    return on_step
+
+
+def sample_latent(model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing, on_step) -> dict:
+    """What the Sampler node outputs for its inputs, reporting each step to `on_step(i, x, x0)`."""
+    keyframes = latent.get(KEYFRAMES_KEY)
+    if keyframes is None:
+        raise InputError("latent must be the latent output of ToonCrafter Conditioning (it has no keyframe features)")
+    pos_ctx, pos_opts = _single(positive, "positive")
+    neg_ctx, _ = _single(negative, "negative")
+    sampling = SamplingConfig(
+        steps=steps, cfg_scale=cfg, eta=eta, fs=int(pos_opts[FS_KEY][0]),
+        guidance_rescale=guidance_rescale, timestep_spacing=timestep_spacing,
+    )
+    cond = Conditioning(pos_ctx, neg_ctx if cfg != 1.0 else None, None, pos_opts[FS_KEY])
+    frames = latent["samples"].shape[2]
+    samples = tc_model.sample(model, cond, keyframes, frames, sampling, seed, on_step)
+    return {"samples": samples, KEYFRAMES_KEY: keyframes}

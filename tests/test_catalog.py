@@ -53,8 +53,13 @@ def test_download_lands_under_the_catalogue_name(tmp_path, monkeypatch):
 
 
 def test_cli_without_ckpt_offline_says_what_to_download(tmp_path, monkeypatch, caplog):
+    from PIL import Image
+
     monkeypatch.setattr(socket, "create_connection", _offline)
-    code = cli.main(["interpolate", "--models-dir", str(tmp_path), "--start", "a.png", "--end", "b.png", "--out", str(tmp_path / "o")])
+    for name in ("a.png", "b.png"):  # the keyframes are read first: they must be there to reach the download
+        Image.new("RGB", (64, 64)).save(tmp_path / name)
+    code = cli.main(["interpolate", "--models-dir", str(tmp_path), "--start", str(tmp_path / "a.png"),
+                     "--end", str(tmp_path / "b.png"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert f"save it as {tmp_path / catalog.DEFAULT.name}" in caplog.text
 

@@ -32,6 +32,12 @@ DOCUMENTED = {
         ["latent"],
     ),
     "ToonCrafterDecode": (["model", "latent", "frames_per_chunk", "second_decode"], ["frames"]),
+    "ToonCrafterSequence": (
+        ["model", "keyframes", "prompt", "negative_prompt", "frame_stride", "width", "height", "resize", "frames", "loop",
+         "seed", "steps", "cfg", "eta", "guidance_rescale", "timestep_spacing", "frames_per_chunk", "second_decode",
+         "clip", "clip_vision"],
+        ["frames"],
+    ),
 }
 
 
@@ -84,6 +90,9 @@ def _set(api: dict, class_type: str, **values) -> None:
 
 def _tiny_settings(api: dict) -> None:
     _set(api, "ToonCrafterModelLoader", ckpt_name=TINY_CKPT)
+    if any(n["class_type"] == "ToonCrafterSequence" for n in api.values()):
+        _set(api, "ToonCrafterSequence", width=64, height=64, steps=2)
+        return
     _set(api, "ToonCrafterConditioning", width=64, height=64)
     _set(api, "ToonCrafterSampler", steps=3)
 
@@ -103,7 +112,8 @@ def test_shipped_workflow_runs_with_the_tiny_model(comfy_server, workflow):
     _tiny_settings(api)
     entry = comfy_server.run(api, timeout=600)
     frames = _video_frames(comfy_server, entry)
-    assert frames.shape == (4, 64, 64, 3)  # the tiny model's 4 frames at the requested size
+    # The tiny model's 4 frames at the requested size; the sequence joins 3 keyframes: 2 * (4 - 1) + 1.
+    assert frames.shape == (7 if "sequence" in workflow.stem else 4, 64, 64, 3)
     assert np.isfinite(frames).all() and frames.std() > 1.0
     assert not all(np.array_equal(frames[0], f) for f in frames[1:])
 

@@ -50,6 +50,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     frames = {
         "tooncrafter_start.png": draw(150, 190, arms_up=False, blink=False, sun_x=400),
+        # The sequence workflow's middle keyframe: half-way up, one arm of the pose still to come.
+        "tooncrafter_middle.png": draw(250, 150, arms_up=True, blink=False, sun_x=410),
         "tooncrafter_end.png": draw(340, 130, arms_up=True, blink=True, sun_x=420),
     }
     for name, im in frames.items():

@@ -149,6 +149,37 @@ def _pipeline(ckpt: str, weight_dtype: str, steps: int, chunk: int, second_decod
     return g
 
 
+def _sequence() -> Graph:
+    g = Graph()
+    model_t = ("model", "TOONCRAFTER_MODEL")
+    image_t = ("IMAGE", "IMAGE")
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [FULL_CKPT, "auto", False], [model_t], title="Load ToonCrafter Model"))
+    loads = [
+        g.add(Node(2 + i, "LoadImage", (20, 200 + 360 * i), [f"tooncrafter_{name}.png", "image"], [image_t, ("MASK", "MASK")],
+                   title=f"Keyframe {i + 1}", size=(300, 320)))
+        for i, name in enumerate(("start", "middle", "end"))
+    ]
+    batch_inputs = [("image1", "IMAGE"), ("image2", "IMAGE")]
+    first = g.add(Node(5, "ImageBatch", (360, 300), [], [image_t], batch_inputs, title="Batch keyframes 1+2", size=(220, 60)))
+    both = g.add(Node(6, "ImageBatch", (360, 420), [], [image_t], batch_inputs, title="Batch keyframes 1+2+3", size=(220, 60)))
+    seq_inputs = [model_t, ("keyframes", "IMAGE"), ("clip", "CLIP"), ("clip_vision", "CLIP_VISION")]
+    seq = g.add(Node(7, "ToonCrafterSequence", (620, 20),
+                     [PROMPT, "", 10, 512, 320, "crop", 0, False, 123, "fixed", 50, 7.5, 1.0, 0.7, "uniform_trailing", 0, True],
+                     [("frames", "IMAGE")], seq_inputs, size=(400, 640)))
+    video = g.add(Node(8, "CreateVideo", (1060, 20), [8], [("VIDEO", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO")]))
+    save = g.add(Node(9, "SaveVideo", (1060, 200), ["video/tooncrafter_sequence", "auto", "auto"], [], [("video", "VIDEO")],
+                      size=(420, 420)))
+    g.link(loads[0], 0, first, "image1")
+    g.link(loads[1], 0, first, "image2")
+    g.link(first, 0, both, "image1")
+    g.link(loads[2], 0, both, "image2")
+    g.link(loader, 0, seq, "model")
+    g.link(both, 0, seq, "keyframes")
+    g.link(seq, 0, video, "images")
+    g.link(video, 0, save, "video")
+    return g
+
+
 WORKFLOWS = {
     "tooncrafter_basic": (
         _pipeline(FULL_CKPT, "auto", 50, 0, True, with_clip=False),
@@ -167,18 +198,27 @@ WORKFLOWS = {
         "splits the clip into chunks by itself when memory is short. Start ComfyUI with --lowvram on cards "
         "under 8 GB; ComfyUI then streams UNet layers to the GPU.",
     ),
+    "tooncrafter_sequence": (
+        _sequence(),
+        "Three keyframes in, one 31-frame clip out: keyframe 1 -> 2 and 2 -> 3, each shared keyframe once. "
+        "Add keyframes with more Batch Images nodes; switch loop on to go from the last keyframe back to the "
+        "first. One prompt line for all segments, or one line per segment; segment i uses seed + i.",
+    ),
 }
 
 
-def thumbnail(title: str) -> Image.Image:
-    a = Image.open(KEYFRAMES / "tooncrafter_start.png").resize((192, 120))
-    b = Image.open(KEYFRAMES / "tooncrafter_end.png").resize((192, 120))
+def thumbnail(title: str, keyframes: tuple[str, ...] = ("start", "end")) -> Image.Image:
+    """The keyframes side by side with arrows between them, 448x200."""
+    width = min(192, (448 - 16 * (len(keyframes) + 1)) // len(keyframes))
+    height = width * 5 // 8
     im = Image.new("RGB", (448, 200), (245, 245, 250))
-    im.paste(a, (16, 48))
-    im.paste(b, (240, 48))
     d = ImageDraw.Draw(im)
+    for i, name in enumerate(keyframes):
+        x = 16 + i * (width + 16)
+        im.paste(Image.open(KEYFRAMES / f"tooncrafter_{name}.png").resize((width, height)), (x, 48))
+        if i:
+            d.polygon([(x - 13, 100), (x - 3, 108), (x - 13, 116)], fill=(30, 30, 40))
     d.text((16, 14), title, fill=(30, 30, 40))
-    d.polygon([(210, 100), (226, 108), (210, 116)], fill=(30, 30, 40))
     d.text((16, 176), "ToonCrafter in-between", fill=(90, 90, 110))
     return im
 
@@ -188,7 +228,8 @@ def main() -> None:
     for name, (graph, note) in WORKFLOWS.items():
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(graph.to_json(note), indent=1) + "\n")
-        thumbnail(name.replace("_", " ")).save(OUT / f"{name}.jpg", quality=85)
+        keyframes = ("start", "middle", "end") if name == "tooncrafter_sequence" else ("start", "end")
+        thumbnail(name.replace("_", " "), keyframes).save(OUT / f"{name}.jpg", quality=85)
         logging.info("wrote %s", path)
 
 

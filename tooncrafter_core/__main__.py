@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from . import catalog, convert, evaluate, frames, lora
+from . import catalog, convert, evaluate, frames, lora, pipeline
 from .config import RuntimeOptions, SamplingConfig
 from .loading import WEIGHT_DTYPES, CheckpointError, load_for
-from .pipeline import InputError, interpolate
+from .pipeline import InputError
 
 log = logging.getLogger("tooncrafter_core")
 
@@ -25,12 +25,24 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tooncrafter_core", description="ToonCrafter keyframe interpolation")
     sub = p.add_subparsers(dest="command", required=True)
-    i = sub.add_parser("interpolate", help="draw the in-between frames of two keyframes")
+    i = sub.add_parser(
+        "interpolate",
+        help="draw the in-between frames of two keyframes, or of a sequence of keyframes",
+        description="Interpolate --start to --end, or every consecutive pair of --keyframes into one clip "
+        "(segment i, keyframe i+1 to i+2, uses seed --seed + i, so a segment can be redone alone).",
+    )
     i.add_argument("--ckpt", type=Path, help="checkpoint file; omitted: download the default release")
     i.add_argument("--models-dir", type=Path, default=Path("models/tooncrafter"), help="where downloads go")
-    i.add_argument("--start", type=Path, required=True, help="first keyframe image")
-    i.add_argument("--end", type=Path, required=True, help="last keyframe image")
+    i.add_argument("--start", type=Path, help="first keyframe image")
+    i.add_argument("--end", type=Path, help="last keyframe image")
+    i.add_argument("--keyframes", type=Path, nargs="+", metavar="IMAGE",
+                   help="two or more keyframes in order, instead of --start/--end: one continuous clip of "
+                   "(N-1)*(T-1)+1 frames, each shared keyframe once")
+    i.add_argument("--loop", action="store_true",
+                   help="also interpolate the last keyframe back to the first: N*(T-1) frames that repeat seamlessly")
     i.add_argument("--prompt", default="", help="what happens between the keyframes")
+    i.add_argument("--prompts", nargs="+", metavar="PROMPT",
+                   help="one prompt per segment (keyframe 1->2, 2->3, ..., last->first with --loop), instead of --prompt")
     i.add_argument("--out", type=Path, required=True, help="folder for frame_NNN.png and preview.gif")
     i.add_argument("--steps", type=int, default=50)
     i.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
@@ -92,7 +104,21 @@ class _Progress:
         self.bar.close()
 
 
+def _keyframe_files(args: argparse.Namespace) -> list[Path]:
+    if args.keyframes and (args.start or args.end):
+        raise InputError("give either --keyframes or --start/--end, not both")
+    if args.keyframes:
+        return list(args.keyframes)
+    if not (args.start and args.end):
+        raise InputError("give the keyframes: --start A.png --end B.png, or --keyframes A.png B.png [C.png ...]")
+    return [args.start, args.end]
+
+
 def run_interpolate(args: argparse.Namespace) -> Path:
+    # Inputs are checked and read before the model: a typo should not cost a checkpoint load.
+    images = [frames.load_image(path) for path in _keyframe_files(args)]
+    segments = len(pipeline.segment_pairs(len(images), args.loop))
+    prompts = pipeline.segment_prompts(args.prompts or args.prompt, segments)
     ckpt = args.ckpt
     if ckpt is None:
         ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
@@ -103,8 +129,7 @@ def run_interpolate(args: argparse.Namespace) -> Path:
     model = model.to(device)
     height = args.height or model.config.pixel_size[0]
     width = args.width or model.config.pixel_size[1]
-    start = frames.to_model(frames.fit(frames.load_image(args.start), height, width, args.resize))
-    end = frames.to_model(frames.fit(frames.load_image(args.end), height, width, args.resize))
+    keyframes = torch.cat([frames.to_model(frames.fit(im, height, width, args.resize)) for im in images])
     sampling = SamplingConfig(
         steps=args.steps,
         cfg_scale=args.cfg,
@@ -114,23 +139,23 @@ def run_interpolate(args: argparse.Namespace) -> Path:
         timestep_spacing=args.spacing,
         second_decode=not args.no_second_decode,
     )
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    progress = _Progress(args.steps)
+    progress = _Progress(args.steps * segments)
     try:
-        video = interpolate(
+        # Two keyframes are the one-segment sequence: the same draws as interpolate() with --seed.
+        video = pipeline.interpolate_sequence(
             model,
-            start,
-            end,
-            args.prompt,
+            keyframes,
+            prompts,
             sampling,
             RuntimeOptions(device=device, dtype=dtype, compile=args.compile, channels_last=args.channels_last),
             frames=args.frames,
-            generator=generator,
+            seed=args.seed,
+            loop=args.loop,
             callback=progress,
         )
     finally:
         progress.close()
-    written = frames.save_frames(frames.from_model(video[0]).transpose(0, 1), args.out, args.fps)
+    written = frames.save_frames(frames.from_model(video).transpose(0, 1), args.out, args.fps)
     log.info("wrote %d frames and %s", len(written) - 1, written[-1])
     return args.out
 

@@ -359,3 +359,86 @@ def interpolate(
 def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
     gen_dev = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=gen_dev, dtype=torch.float32).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyframe sequences
+
+
+def segment_pairs(keyframes: int, loop: bool = False) -> list[tuple[int, int]]:
+    """Keyframe index pairs interpolated for a sequence: (0, 1), (1, 2), ..., and (n-1, 0) with `loop`."""
+    if keyframes < 2:
+        raise InputError(f"a keyframe sequence needs at least 2 keyframes, got {keyframes}")
+    pairs = [(i, i + 1) for i in range(keyframes - 1)]
+    return pairs + [(keyframes - 1, 0)] if loop else pairs
+
+
+def sequence_length(keyframes: int, frames: int, loop: bool = False) -> int:
+    """Frames of a joined sequence: (n-1)(T-1)+1, or n(T-1) looped (the first keyframe not repeated)."""
+    return len(segment_pairs(keyframes, loop)) * (frames - 1) + (0 if loop else 1)
+
+
+def segment_prompts(prompts: str | Sequence[str], segments: int) -> list[str]:
+    """One prompt per segment from one prompt for all, or exactly one per segment."""
+    if isinstance(prompts, str):
+        return [prompts] * segments
+    prompts = list(prompts)
+    if len(prompts) == 1:
+        return prompts * segments
+    if len(prompts) != segments:
+        raise InputError(
+            f"got {len(prompts)} prompts for {segments} segments: give one prompt for all, or one per segment "
+            "(keyframe 1->2, 2->3, ..., and last->first when looping)"
+        )
+    return prompts
+
+
+def join_segments(videos: Sequence[torch.Tensor], loop: bool = False) -> torch.Tensor:
+    """Segment videos (b c t H W), consecutive ones sharing a keyframe -> one clip (b c T H W).
+
+    Each shared keyframe is kept once, as the last frame of the segment that ends on it; looped, the
+    last segment's final frame (the first keyframe again) is dropped so the clip repeats seamlessly.
+    """
+    clip = torch.cat([videos[0], *(v[:, :, 1:] for v in videos[1:])], dim=2)
+    return clip[:, :, :-1] if loop else clip
+
+
+def offset_callback(callback: StepCallback, offset: int) -> StepCallback:
+    """`callback` with its step index shifted by `offset` (one progress count over several runs)."""
+
+    def shifted(step: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        callback(offset + step, x, x0)
+
+    return shifted
+
+
+def interpolate_sequence(
+    model: ToonCrafter,
+    keyframes: torch.Tensor,
+    prompts: str | Sequence[str],
+    sampling: SamplingConfig = SamplingConfig(),
+    options: RuntimeOptions = RuntimeOptions(),
+    frames: Optional[int] = None,
+    seed: int = 0,
+    loop: bool = False,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """Keyframes (n 3 H W) in [-1, 1] -> one clip (3 T H W), T = `sequence_length(n, frames, loop)`.
+
+    Segment i interpolates its pair exactly as `interpolate` does with a CPU generator seeded
+    `seed + i`, so one segment can be redone alone and the others stay as they were. `callback`
+    gets the step index counted over all segments (segment i's steps start at i * steps).
+    """
+    if keyframes.ndim != 4:
+        raise InputError(f"keyframes must be (n, 3, height, width), got {tuple(keyframes.shape)}")
+    pairs = segment_pairs(keyframes.shape[0], loop)
+    prompts = segment_prompts(prompts, len(pairs))
+    videos = []
+    for i, (a, b) in enumerate(pairs):
+        on_step = None if callback is None else offset_callback(callback, i * sampling.steps)
+        generator = torch.Generator("cpu").manual_seed(seed + i)
+        log.info("segment %d of %d: keyframe %d -> %d (seed %d)", i + 1, len(pairs), a + 1, b + 1, seed + i)
+        videos.append(
+            interpolate(model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], sampling, options, frames, generator, on_step)
+        )
+    return join_segments(videos, loop)[0]

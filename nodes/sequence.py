@@ -1,0 +1,81 @@
+"""ToonCrafter Keyframe Sequence: an IMAGE batch of keyframes -> one continuous clip (or a loop)."""
+
+from comfy_api.latest import io
+
+from ..tooncrafter_core import frames as tc_frames
+from ..tooncrafter_core.pipeline import join_segments, offset_callback, segment_pairs, segment_prompts
+from .conditioning import condition
+from .decoder import decode_video, to_image
+from .sampler import sample_latent, step_callback
+from .types import CATEGORY, ToonCrafterModelType
+
+
+class ToonCrafterSequence(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ToonCrafterSequence",
+            display_name="ToonCrafter Keyframe Sequence",
+            category=CATEGORY,
+            description="Interpolates every consecutive pair of a keyframe batch (and the last back to the first "
+            "when looping) and joins the segments into one clip, each shared keyframe once. Segment i is exactly "
+            "what Conditioning -> Sampler (seed + i) -> Decode gives for that pair.",
+            inputs=[
+                ToonCrafterModelType.Input("model", tooltip="From Load ToonCrafter Model (or Load ToonCrafter LoRA)"),
+                io.Image.Input("keyframes", tooltip="Two or more keyframes in clip order, as one IMAGE batch (e.g. "
+                               "LoadImage nodes joined with Batch Images, or a folder loader)"),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="One line for every segment, or one line per segment (keyframe 1->2, 2->3, ..., "
+                                "last->first when looping); empty lines are ignored"),
+                io.String.Input("negative_prompt", multiline=True, default="", tooltip="For every segment; the original uses empty"),
+                io.Int.Input("frame_stride", default=10, min=1, max=100, tooltip="fs condition: smaller values give larger motion"),
+                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Output width; the model was trained at 512"),
+                io.Int.Input("height", default=320, min=64, max=2048, step=64, tooltip="Output height; the model was trained at 320"),
+                io.Combo.Input("resize", options=list(tc_frames.FIT_METHODS), default="crop",
+                               tooltip="How keyframes of another size are fitted: crop, stretch or pad"),
+                io.Int.Input("frames", default=0, min=0, max=64,
+                             tooltip="Frames per segment, both keyframes included; 0 = the model's (16). The clip has "
+                             "(N-1)*(frames-1)+1 frames, N*(frames-1) looped"),
+                io.Boolean.Input("loop", default=False,
+                                 tooltip="Also interpolate the last keyframe back to the first; the clip then repeats "
+                                 "seamlessly (the first keyframe is not repeated at its end)"),
+                io.Int.Input("seed", default=123, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Segment i uses seed + i, so one segment can be redone alone with the two-keyframe nodes"),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps per segment"),
+                io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale; 1 disables the negative pass"),
+                io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta: 0 deterministic, 1 as the original"),
+                io.Float.Input("guidance_rescale", default=0.7, min=0.0, max=1.0, step=0.05,
+                               tooltip="Rescales guided predictions towards the conditional one's std (0.7 in the 512 app)"),
+                io.Combo.Input("timestep_spacing", options=["uniform_trailing", "uniform"], default="uniform_trailing",
+                               tooltip="uniform_trailing as the 512 app, uniform as the 256 app"),
+                io.Int.Input("frames_per_chunk", default=0, min=0, max=64,
+                             tooltip="Decode: 0 = auto (whole segments when they fit in memory), N = N frames per call"),
+                io.Boolean.Input("second_decode", default=True, tooltip="The original's second decode of each segment's middle pair"),
+                io.Clip.Input("clip", optional=True, tooltip="OpenCLIP ViT-H text encoder, needed for the pruned checkpoint"),
+                io.ClipVision.Input("clip_vision", optional=True, tooltip="OpenCLIP ViT-H-14 vision model, needed for the pruned checkpoint"),
+            ],
+            outputs=[io.Image.Output(display_name="frames", tooltip="The whole clip in order, as one IMAGE batch")],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, keyframes, prompt, negative_prompt, frame_stride, width, height, resize, frames, loop, seed, steps,
+        cfg, eta, guidance_rescale, timestep_spacing, frames_per_chunk, second_decode, clip=None, clip_vision=None,
+    ) -> io.NodeOutput:
+        pairs = segment_pairs(keyframes.shape[0], loop)
+        prompts = segment_prompts([line for line in prompt.splitlines() if line.strip()] or [""], len(pairs))
+        # Stage by stage over all segments, so ComfyUI loads the encoders, the UNet and the VAE once each.
+        conditioned = [
+            condition(model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], negative_prompt, frame_stride,
+                      width, height, resize, frames, clip, clip_vision)
+            for i, (a, b) in enumerate(pairs)
+        ]
+        on_step = step_callback(model, steps * len(pairs), conditioned[0][2]["samples"].shape[2])
+        latents = [
+            sample_latent(model, positive, negative, latent, seed + i, steps, cfg, eta, guidance_rescale,
+                          timestep_spacing, offset_callback(on_step, i * steps))
+            for i, (positive, negative, latent) in enumerate(conditioned)
+        ]
+        videos = [decode_video(model, latent, frames_per_chunk, second_decode) for latent in latents]
+        return io.NodeOutput(to_image(join_segments(videos, loop)))
