@@ -20,6 +20,21 @@ def _single(conditioning, name: str):
     return conditioning[0]
 
 
+def sampling_inputs(seed_tooltip: str, steps_tooltip: str) -> list:
+    """The sampler's settings, in order: seed, steps, cfg, eta, guidance_rescale, timestep_spacing."""
+    return [
+        io.Int.Input("seed", default=123, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip=seed_tooltip),
+        io.Int.Input("steps", default=50, min=1, max=1000, tooltip=steps_tooltip),
+        io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01,
+                       tooltip="Classifier-free guidance scale; 1 disables the negative pass (twice as fast)"),
+        io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta: 0 deterministic, 1 as the original"),
+        io.Float.Input("guidance_rescale", default=0.7, min=0.0, max=1.0, step=0.05,
+                       tooltip="Rescales guided predictions towards the conditional one's std (0.7 in the 512 app)"),
+        io.Combo.Input("timestep_spacing", options=["uniform_trailing", "uniform"], default="uniform_trailing",
+                       tooltip="uniform_trailing starts at the last timestep (the 512 app); uniform as the 256 app"),
+    ]
+
+
 class ToonCrafterSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -33,16 +48,8 @@ class ToonCrafterSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="From ToonCrafter Conditioning"),
                 io.Conditioning.Input("negative", tooltip="From ToonCrafter Conditioning"),
                 io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Conditioning"),
-                io.Int.Input("seed", default=123, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of every random draw (posterior, initial noise, DDIM noise)"),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps; 50 as the original, 20-30 is often enough"),
-                io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; 1 disables the negative pass (twice as fast)"),
-                io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta: 0 deterministic, 1 as the original"),
-                io.Float.Input("guidance_rescale", default=0.7, min=0.0, max=1.0, step=0.05,
-                               tooltip="Rescales guided predictions towards the conditional one's std (0.7 in the 512 app)"),
-                io.Combo.Input("timestep_spacing", options=["uniform_trailing", "uniform"], default="uniform_trailing",
-                               tooltip="uniform_trailing starts at the last timestep (the 512 app); uniform as the 256 app"),
+                *sampling_inputs("Seed of every random draw (posterior, initial noise, DDIM noise)",
+                                 "DDIM steps; 50 as the original, 20-30 is often enough"),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
         )

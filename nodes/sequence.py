@@ -6,7 +6,7 @@ from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.pipeline import join_segments, offset_callback, segment_pairs, segment_prompts
 from .conditioning import condition
 from .decoder import decode_video, to_image
-from .sampler import sample_latent, step_callback
+from .sampler import sample_latent, sampling_inputs, step_callback
 from .types import CATEGORY, ToonCrafterModelType
 
 
@@ -39,16 +39,8 @@ class ToonCrafterSequence(io.ComfyNode):
                 io.Boolean.Input("loop", default=False,
                                  tooltip="Also interpolate the last keyframe back to the first; the clip then repeats "
                                  "seamlessly (the first keyframe is not repeated at its end)"),
-                io.Int.Input("seed", default=123, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Segment i uses seed + i, so one segment can be redone alone with the two-keyframe nodes"),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="DDIM steps per segment"),
-                io.Float.Input("cfg", default=7.5, min=1.0, max=30.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale; 1 disables the negative pass"),
-                io.Float.Input("eta", default=1.0, min=0.0, max=1.0, step=0.05, tooltip="DDIM eta: 0 deterministic, 1 as the original"),
-                io.Float.Input("guidance_rescale", default=0.7, min=0.0, max=1.0, step=0.05,
-                               tooltip="Rescales guided predictions towards the conditional one's std (0.7 in the 512 app)"),
-                io.Combo.Input("timestep_spacing", options=["uniform_trailing", "uniform"], default="uniform_trailing",
-                               tooltip="uniform_trailing as the 512 app, uniform as the 256 app"),
+                *sampling_inputs("Segment i uses seed + i, so one segment can be redone alone with the two-keyframe nodes",
+                                 "DDIM steps per segment"),
                 io.Int.Input("frames_per_chunk", default=0, min=0, max=64,
                              tooltip="Decode: 0 = auto (whole segments when they fit in memory), N = N frames per call"),
                 io.Boolean.Input("second_decode", default=True, tooltip="The original's second decode of each segment's middle pair"),
