@@ -88,6 +88,29 @@ def _parser() -> argparse.ArgumentParser:
                    "takes them from CLIPLoader / CLIPVisionLoader")
     lora.add_argument(c)
     evaluate.add_parser(sub)
+
+    b = sub.add_parser(
+        "batch",
+        help="render a whole shot list (JSONL or CSV), resumable, locally or on a Ray cluster",
+        description="Render every shot of SHOTS into OUT/<id>/ (frame_NNN.png, preview.gif, shot.json). Each line: "
+        "id, keyframes (2 or more paths; ';'-separated in CSV) or start/end, prompt (or prompts), seed, and any of "
+        "steps, cfg, eta, fs, guidance_rescale, spacing, frames, width, height, resize, loop, second_decode. Bad lines "
+        "are reported with their numbers before anything runs; done shots (shot.json, same settings) are skipped; "
+        "failures go to OUT/failed.jsonl while the rest go on.",
+    )
+    b.add_argument("shots", type=Path, help="the shot list: .jsonl (one JSON object a line) or .csv (a header row)")
+    b.add_argument("--out", type=Path, required=True, help="output folder, one subfolder per shot")
+    b.add_argument("--ckpt", type=Path, help="checkpoint file (on every Ray worker); omitted: download the default release")
+    b.add_argument("--models-dir", type=Path, default=Path("models/tooncrafter"), help="where downloads go")
+    b.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype (default fp16 on CUDA, fp32 on CPU)")
+    b.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of the local run")
+    lora.add_argument(b)
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="render on Ray: alone, a local Ray on this machine; with an ADDRESS (e.g. ray://head:10001 or "
+                   "auto), the cluster there. Needs the cluster extra: pip install '.[cluster]'")
+    b.add_argument("--workers", type=int, help="Ray workers (default: one per GPU, else one per --cpus-per-worker CPUs)")
+    b.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs per Ray worker on a cluster without GPUs")
+    b.add_argument("--retries", type=int, default=2, help="times a shot is retried after its Ray worker died")
     return p
 
 
@@ -165,10 +188,39 @@ def run_convert(args: argparse.Namespace) -> Path:
     return args.output
 
 
+def run_batch(args: argparse.Namespace) -> Path:
+    from . import batch
+
+    shots = batch.read_shots(args.shots)
+    ckpt = args.ckpt.resolve() if args.ckpt else None
+    name = ckpt.name if ckpt else catalog.DEFAULT.name
+    shared = batch.RenderSettings(name, args.dtype or "auto", tuple(f"{s.path.name}:{s.strength:g}" for s in args.lora))
+    if args.ray:
+        from .cluster import ModelSpec, run_ray
+
+        spec = ModelSpec(str(ckpt) if ckpt else None, str(args.models_dir), args.dtype,
+                         tuple((str(s.path.resolve()), s.strength) for s in args.lora))
+        address = None if args.ray == "local" else args.ray
+        report = run_ray(shots, args.out, shared, spec, address, args.workers, args.cpus_per_worker, args.retries)
+    else:
+        device = torch.device(args.device)
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+
+        def load():
+            model = load_for(ckpt or catalog.download(catalog.DEFAULT, args.models_dir), dtype)
+            lora.merge_specs(model, args.lora)
+            return model.to(device)
+
+        report = batch.run_local(shots, args.out, shared, load, device, dtype)
+    if report.failed:
+        raise batch.BatchError(f"{len(report.failed)} shot(s) failed: {', '.join(report.failed)}; see {args.out / batch.FAILED}")
+    return args.out
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = _parser().parse_args(argv)
-    commands = {"interpolate": run_interpolate, "convert": run_convert, "evaluate": evaluate.run}
+    commands = {"interpolate": run_interpolate, "convert": run_convert, "evaluate": evaluate.run, "batch": run_batch}
     try:
         commands[args.command](args)
     except (InputError, CheckpointError, catalog.DownloadError, lora.LoraError, ValueError) as e:
