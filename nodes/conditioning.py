@@ -17,8 +17,15 @@ def _pairs(start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.
             "or the same number of both (one in-between per pair)"
         )
     b = max(start.shape[0], end.shape[0])
-    start, end = start.movedim(-1, 1)[..., :3, :, :], end.movedim(-1, 1)[..., :3, :, :]
-    return start.expand(b, -1, -1, -1), end.expand(b, -1, -1, -1)
+    return _rgb(start, "start_image").expand(b, -1, -1, -1), _rgb(end, "end_image").expand(b, -1, -1, -1)
+
+
+def _rgb(images: torch.Tensor, name: str) -> torch.Tensor:
+    """IMAGE (b H W c) -> (b 3 H W): alpha dropped, one gray channel repeated."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise InputError(f"{name} must be an IMAGE batch (batch, height, width, 1/3/4 channels), got {tuple(images.shape)}")
+    images = images.movedim(-1, 1)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
 
 
 class ToonCrafterConditioning(io.ComfyNode):
@@ -77,7 +84,10 @@ def condition(
     """What the Conditioning node outputs: (positive, negative, latent) for IMAGE keyframe batches."""
     multiple = size_multiple(model.config)
     if width % multiple or height % multiple:
-        raise InputError(f"width and height must be multiples of {multiple}, got {width}x{height}")
+        near = [max(multiple, round(n / multiple) * multiple) for n in (width, height)]
+        raise InputError(
+            f"width and height must be multiples of {multiple}, got {width}x{height}: use e.g. {near[0]}x{near[1]}"
+        )
     start, end = _pairs(start_image, end_image)
     start = tc_frames.to_model(tc_frames.fit(start, height, width, resize))
     end = tc_frames.to_model(tc_frames.fit(end, height, width, resize))

@@ -15,9 +15,10 @@ W, H = 512, 320
 INK = (25, 25, 35)
 
 
-def _character(d: ImageDraw.ImageDraw, cx: int, cy: int, arms_up: bool, blink: bool) -> None:
+def _character(d: ImageDraw.ImageDraw, cx: int, cy: int, arms_up: bool, blink: bool, line_art: bool = False) -> None:
     r = 46
-    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=(255, 196, 60), outline=INK, width=4)  # body
+    body, shoes = ("white", "white") if line_art else ((255, 196, 60), (220, 60, 60))
+    d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=body, outline=INK, width=4)  # body
     for ex in (cx - 16, cx + 16):  # eyes
         if blink:
             d.line((ex - 8, cy - 10, ex + 8, cy - 10), fill=INK, width=4)
@@ -32,7 +33,7 @@ def _character(d: ImageDraw.ImageDraw, cx: int, cy: int, arms_up: bool, blink: b
         d.ellipse((hand[0] - 8, hand[1] - 8, hand[0] + 8, hand[1] + 8), fill="white", outline=INK, width=3)
         foot_x = cx + side * 20
         d.line((foot_x, cy + r - 4, foot_x, cy + r + 22), fill=INK, width=6)
-        d.ellipse((foot_x - 14, cy + r + 16, foot_x + 10, cy + r + 30), fill=(220, 60, 60), outline=INK, width=3)
+        d.ellipse((foot_x - 14, cy + r + 16, foot_x + 10, cy + r + 30), fill=shoes, outline=INK, width=3)
 
 
 def draw(cx: int, cy: int, arms_up: bool, blink: bool, sun_x: int) -> Image.Image:
@@ -45,6 +46,15 @@ def draw(cx: int, cy: int, arms_up: bool, blink: bool, sun_x: int) -> Image.Imag
     return im
 
 
+def sketch(cx: int, cy: int, arms_up: bool) -> Image.Image:
+    """A sketch for sketch guidance: the character's lines only, dark on white paper, with the horizon."""
+    im = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(im)
+    d.line([(0, 250), (140, 190), (300, 240), (420, 200), (W, 235)], fill=INK, width=3)
+    _character(d, cx, cy, arms_up, blink=False, line_art=True)
+    return im
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -53,6 +63,9 @@ def main() -> None:
         # The sequence workflow's middle keyframe: half-way up, one arm of the pose still to come.
         "tooncrafter_middle.png": draw(250, 150, arms_up=True, blink=False, sun_x=410),
         "tooncrafter_end.png": draw(340, 130, arms_up=True, blink=True, sun_x=420),
+        # The sketch workflow's guides for frames 5 and 10 of 16: the jump's path drawn in between.
+        "tooncrafter_sketch_05.png": sketch(205, 120, arms_up=False),
+        "tooncrafter_sketch_10.png": sketch(280, 100, arms_up=True),
     }
     for name, im in frames.items():
         im.save(OUT / name, optimize=True)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from . import catalog, convert, evaluate, frames, lora, pipeline
+from . import catalog, convert, evaluate, frames, lora, pipeline, sketch
 from .config import RuntimeOptions, SamplingConfig
 from .loading import WEIGHT_DTYPES, CheckpointError, load_for
 from .pipeline import InputError
+from .runtime import usable_device
 
 log = logging.getLogger("tooncrafter_core")
 
@@ -71,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--fps", type=int, default=8, help="preview frame rate")
     lora.add_argument(i)
     i.add_argument("--no-second-decode", action="store_true", help="skip the original's second decode of the middle pair")
+    i.add_argument("--sketches", type=Path, nargs="+", metavar="DIR_OR_FILE",
+                   help="sketch guidance: a folder of sketch images, or the files, each named with the frame it is "
+                   "for (sketch_05.png -> frame 5 of 0..T-1); dark lines on light paper; frames without one are "
+                   "left free. One keyframe pair only")
+    i.add_argument("--sketch-scale", type=float, default=sketch.DEFAULT_SCALE,
+                   help="how strongly the sketches steer (0 = not at all, 1 = fully; default 0.6)")
+    i.add_argument("--sketch-encoder", type=Path,
+                   help="sketch encoder file; omitted: download sketch_encoder-fp16.safetensors into --models-dir")
 
     c = sub.add_parser(
         "convert",
@@ -137,22 +146,26 @@ def _keyframe_files(args: argparse.Namespace) -> list[Path]:
     return [args.start, args.end]
 
 
+def _check_size(height: int, width: int, multiple: int) -> None:
+    if height % multiple or width % multiple:
+        near = [max(multiple, round(n / multiple) * multiple) for n in (height, width)]
+        raise InputError(
+            f"--height {height} --width {width}: both must be multiples of {multiple} for this model; "
+            f"use e.g. --height {near[0]} --width {near[1]}"
+        )
+
+
 def run_interpolate(args: argparse.Namespace) -> Path:
     # Inputs are checked and read before the model: a typo should not cost a checkpoint load.
     images = [frames.load_image(path) for path in _keyframe_files(args)]
     segments = len(pipeline.segment_pairs(len(images), args.loop))
     prompts = pipeline.segment_prompts(args.prompts or args.prompt, segments)
-    ckpt = args.ckpt
-    if ckpt is None:
-        ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype))
-    lora.merge_specs(model, args.lora)
-    model = model.to(device)
-    height = args.height or model.config.pixel_size[0]
-    width = args.width or model.config.pixel_size[1]
-    keyframes = torch.cat([frames.to_model(frames.fit(im, height, width, args.resize)) for im in images])
+    sketches = None
+    if args.sketches:
+        if segments != 1:
+            raise InputError(f"--sketches guide one keyframe pair; these keyframes make {segments} segments")
+        files, indices = sketch.sketch_files(args.sketches)
+        sketches = ([frames.load_image(f) for f in files], indices)
     sampling = SamplingConfig(
         steps=args.steps,
         cfg_scale=args.cfg,
@@ -162,6 +175,25 @@ def run_interpolate(args: argparse.Namespace) -> Path:
         timestep_spacing=args.spacing,
         second_decode=not args.no_second_decode,
     )
+    device = usable_device(args.device)
+    ckpt = args.ckpt
+    if ckpt is None:
+        ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype))
+    lora.merge_specs(model, args.lora)
+    model = model.to(device)
+    height = args.height or model.config.pixel_size[0]
+    width = args.width or model.config.pixel_size[1]
+    _check_size(height, width, pipeline.size_multiple(model.config))
+    keyframes = torch.cat([frames.to_model(frames.fit(im, height, width, args.resize)) for im in images])
+    guide = None
+    if sketches is not None:
+        encoder_file = args.sketch_encoder or catalog.download(catalog.DEFAULT_SKETCH, args.models_dir)
+        encoder = sketch.load_sketch_encoder(encoder_file, dtype).to(device)
+        hints = torch.cat([sketch.sketch_hint(im, height, width, args.resize) for im in sketches[0]], dim=2)
+        guide = sketch.SketchGuide(encoder, sketch.place_sketches(hints, sketches[1], args.frames or model.config.frames),
+                                   args.sketch_scale)
     progress = _Progress(args.steps * segments)
     try:
         # Two keyframes are the one-segment sequence: the same draws as interpolate() with --seed.
@@ -175,6 +207,7 @@ def run_interpolate(args: argparse.Namespace) -> Path:
             seed=args.seed,
             loop=args.loop,
             callback=progress,
+            sketch=guide,
         )
     finally:
         progress.close()
@@ -229,6 +262,9 @@ def main(argv=None) -> int:
     except FloatingPointError as e:
         log.error("error: %s (--dtype bf16 or --dtype fp32 on this command line)", e)
         return 3
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     return 0
 
 

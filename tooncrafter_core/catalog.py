@@ -74,13 +74,46 @@ RELEASED: tuple[ReleasedFile, ...] = (
 
 DEFAULT = RELEASED[0]
 
+# The sketch encoder (sketch guidance, `sketch.py`): a separate file, same layout in all three.
+SKETCH_ENCODERS: tuple[ReleasedFile, ...] = (
+    ReleasedFile(
+        "sketch_encoder-fp16.safetensors",
+        "Kijai/DynamiCrafter_pruned",
+        "sketch_encoder-fp16.safetensors",
+        None,
+        "728 MB",
+        False,
+        "the sketch encoder in fp16 (recommended)",
+    ),
+    ReleasedFile(
+        "sketch_encoder.safetensors",
+        "Doubiiu/ToonCrafter",
+        "sketch_encoder.safetensors",
+        "refs/pr/4",
+        "1.46 GB",
+        False,
+        "the original fp32 sketch encoder converted to safetensors",
+    ),
+    ReleasedFile(
+        "sketch_encoder.ckpt",
+        "Doubiiu/ToonCrafter",
+        "sketch_encoder.ckpt",
+        None,
+        "1.46 GB",
+        False,
+        "the original sketch encoder release (pickle; loaded with weights_only)",
+    ),
+)
+
+DEFAULT_SKETCH = SKETCH_ENCODERS[0]
+
 
 class DownloadError(RuntimeError):
     """A checkpoint could not be fetched; the message says where to get it and where to put it."""
 
 
-def find(name: str) -> Optional[ReleasedFile]:
-    return next((f for f in RELEASED if f.name == name), None)
+def find(name: str, files: tuple[ReleasedFile, ...] = RELEASED) -> Optional[ReleasedFile]:
+    return next((f for f in files if f.name == name), None)
 
 
 def manual_instructions(entry: ReleasedFile, folder: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from typing import Sequence
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 
 from .config import ResamplerConfig, TextEncoderConfig, VisionEncoderConfig, open_clip_file
 from .ops import Default, param
+
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,8 +34,22 @@ def _open_clip_tokenizer():
 
 
 def tokenize(prompts: Sequence[str], context_length: int = 77) -> torch.Tensor:
-    """CLIP BPE tokens, (n, context_length) long; open_clip's tokenizer ships its vocabulary."""
-    return _open_clip_tokenizer().tokenize(list(prompts), context_length=context_length)
+    """CLIP BPE tokens, (n, context_length) long; open_clip's tokenizer ships its vocabulary.
+
+    Longer prompts are cut to `context_length` tokens (start and end token included), as in the
+    original; each cut prompt is logged as a warning.
+    """
+    module = _open_clip_tokenizer()
+    for prompt in dict.fromkeys(prompts):  # a batch repeats its prompt: one warning each
+        # open_clip truncates silently; counting again costs little (its BPE caches every word).
+        n = len(module._tokenizer.encode(prompt)) + 2
+        if n > context_length:
+            log.warning(
+                "prompt of %d tokens is longer than the text encoder's %d: only its first %d tokens are used, "
+                "the rest is ignored (shorten the prompt to keep what matters): %.60r...",
+                n, context_length, context_length, prompt,
+            )
+    return module.tokenize(list(prompts), context_length=context_length)
 
 
 class SelfAttention(nn.Module):

@@ -167,6 +167,10 @@ class ModelConfig:
         return self.latent_size[0] * f, self.latent_size[1] * f
 
 
+# DDIM visits a subset of the training timesteps, so it cannot take more steps than there are.
+MAX_STEPS = ScheduleConfig.timesteps
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Settings of one interpolation run; defaults are the 512 app's."""
@@ -183,8 +187,11 @@ class SamplingConfig:
     second_decode: bool = True
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(
+                f"steps must be between 1 and {MAX_STEPS} (one DDIM step per timestep of the noise schedule at "
+                f"most), got {self.steps}; the original uses 50, 20-30 is often enough"
+            )
         if self.timestep_spacing not in ("uniform", "uniform_trailing"):
             raise ValueError(
                 f"timestep_spacing must be 'uniform' or 'uniform_trailing', got {self.timestep_spacing!r}"

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .loading import TEXT_PREFIX, UNET_PREFIX, VISION_PREFIX, read_state_dict
+from .loading import TEXT_PREFIX, UNET_PREFIX, VISION_PREFIX, check_is_tooncrafter, read_state_dict
 from .lora import LoraSpec, adaptable_shapes, load_specs, merged_weight
 from .schedule import SCHEDULE_KEYS
 
@@ -124,6 +124,7 @@ def convert(
     if dst.resolve() == src.resolve():
         raise ValueError(f"the output {dst} is the input: write the conversion to another file")
     state = read_state_dict(src)
+    check_is_tooncrafter(state, src.name)
     loras = []
     if lora_specs:
         unet = {k[len(UNET_PREFIX) :]: v for k, v in state.items() if k.startswith(UNET_PREFIX)}

@@ -27,6 +27,7 @@ from . import catalog, frames, lora
 from .config import RuntimeOptions, SamplingConfig
 from .loading import WEIGHT_DTYPES, load_for
 from .pipeline import ToonCrafter, interpolate
+from .runtime import usable_device
 
 log = logging.getLogger(__name__)
 
@@ -553,7 +554,7 @@ def run(args: argparse.Namespace) -> Path:
         raise EvaluationError(f"--frames must be at least 3 (two keyframes and a middle frame), got {args.frames}")
     triplets = find_triplets(args.triplets)
     _image_metrics()
-    device = torch.device(args.device)
+    device = usable_device(args.device)
     runs = plan_runs(args.dtype or ["fp16" if device.type == "cuda" else "fp32"], args.lora, args.lora_strengths)
     ckpt = args.ckpt if args.ckpt is not None else catalog.download(catalog.DEFAULT, args.models_dir)
     lpips_metric = LpipsMetric()

@@ -48,16 +48,23 @@ def from_model(video: torch.Tensor) -> torch.Tensor:
 
 
 def load_image(path: str | Path) -> torch.Tensor:
-    """An image file -> (1 3 H W) in [0, 1]."""
+    """An image file -> (1 3 H W) in [0, 1]. Grayscale is repeated into RGB, alpha is dropped (the
+    colour under transparent pixels is kept, not composited onto a background)."""
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            if im.mode.startswith("I"):
+                # 16-bit grayscale (PNG opens as I;16 or I): PIL's RGB conversion clips it at 255,
+                # which turns all but the darkest pixels white.
+                gray = np.asarray(im, dtype=np.float32) / 65535.0
+                arr = np.repeat(gray.clip(0, 1)[..., None], 3, axis=-1)
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (FileNotFoundError, UnidentifiedImageError) as e:
         raise ValueError(f"cannot read keyframe image {path}: {e}") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
 
 
 def save_frames(frames: torch.Tensor, out_dir: str | Path, fps: int = 8) -> list[Path]:

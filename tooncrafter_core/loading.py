@@ -92,6 +92,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as e:
+        if not _pickle_or_zip(path):
+            raise CheckpointError(
+                f"{path.name} is not a readable PyTorch checkpoint (neither a zip archive nor a pickle: the file is "
+                "damaged or of another kind); download it again"
+            ) from None
         raise CheckpointError(
             f"refusing to load {path.name}: its pickle wants to run code or build objects other than "
             f"tensors, which could be malicious. Use the .safetensors release of the model instead. ({e})"
@@ -103,6 +108,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
     return dict(obj)
+
+
+def _pickle_or_zip(path: Path) -> bool:
+    """Whether a file starts as torch.save writes: a zip archive, or a pickle of protocol 2 or later."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+# Key prefixes of other model families, most specific first: (prefixes that must all be present, name).
+_FOREIGN_FAMILIES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("conditioner.embedders.", "model.diffusion_model.input_blocks.1.0.time_stack."), "a Stable Video Diffusion (SVD) checkpoint"),
+    (("conditioner.embedders.",), "an SDXL-style (sgm) checkpoint"),
+    (("cond_stage_model.transformer.",), "a Stable Diffusion 1.x checkpoint"),
+    (("cond_stage_model.model.transformer.", "model.diffusion_model."), "a Stable Diffusion 2.x checkpoint"),
+    (("lora_unet_",), "a LoRA"),
+    (("base_model.model.",), "a LoRA"),
+)
+
+
+def check_is_tooncrafter(keys: Iterable[str], name: str) -> None:
+    """Refuse state dicts of other models: every ToonCrafter file (full or pruned) holds the Resampler."""
+    keys = list(keys)
+    if any(k.startswith("image_proj_model.") for k in keys):
+        return
+    family = next(
+        (what for prefixes, what in _FOREIGN_FAMILIES if all(any(k.startswith(p) for k in keys) for p in prefixes)),
+        "another model",
+    )
+    fix = (
+        "load it with --lora or the Load ToonCrafter LoRA node"
+        if family == "a LoRA"
+        else "use a ToonCrafter checkpoint, e.g. tooncrafter_512_interp-fp16.safetensors (see the README's Checkpoints)"
+    )
+    raise CheckpointError(
+        f"{name} is not a ToonCrafter checkpoint: its keys are those of {family} "
+        f"(no image_proj_model.*, the Resampler every ToonCrafter file holds); {fix}"
+    )
 
 
 def _count(keys: Iterable[str], pattern: str) -> int:
@@ -360,6 +403,7 @@ def load_model(
     """
     path = Path(path)
     state = read_state_dict(path)
+    check_is_tooncrafter(state, path.name)
     config = config or config_for(path, {k: tuple(v.shape) for k, v in state.items()})
     has_text = any(k.startswith(TEXT_PREFIX) for k in state)
     has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in state)

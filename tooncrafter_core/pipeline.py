@@ -22,6 +22,7 @@ from .ops import Default
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
 from .schedule import Schedule
+from .sketch import SketchEncoder, SketchGuide, controls
 from .unet import UNetModel
 from .vae import AutoencoderKLDualRef
 
@@ -207,9 +208,22 @@ def concat_condition(z: torch.Tensor) -> torch.Tensor:
 # Denoising
 
 
-def unet_v(unet: UNetModel, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, concat: torch.Tensor, fs: torch.Tensor) -> torch.Tensor:
-    """One UNet call: noisy latent (b z t h w) + concat condition -> v prediction."""
-    return unet(torch.cat([x, concat.to(x)], dim=1), t, context, fs)
+def unet_v(
+    unet: UNetModel,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    concat: torch.Tensor,
+    fs: torch.Tensor,
+    sketch: Optional[tuple[SketchEncoder, torch.Tensor, float]] = None,
+) -> torch.Tensor:
+    """One UNet call: noisy latent (b z t h w) + concat condition -> v prediction. `sketch`:
+    (encoder, hint features ((b t) c h w), scale) adds the sketch encoder's residuals."""
+    control = None
+    if sketch is not None:
+        encoder, features, scale = sketch
+        control = controls(encoder, x, t, context, features, scale)
+    return unet(torch.cat([x, concat.to(x)], dim=1), t, context, fs, control)
 
 
 @dataclass
@@ -218,17 +232,38 @@ class Conditioning:
     uncond_context: Optional[torch.Tensor]
     concat: torch.Tensor  # (b z t h w)
     fs: torch.Tensor  # (b,) long
+    sketch: Optional[SketchGuide] = None  # the same sketches steer the conditional and unconditional pass
 
 
 def guided_model(unet: UNetModel, cond: Conditioning, sampling: SamplingConfig) -> GuidedModel:
-    def net(x, t, context, concat, fs):
-        return unet_v(unet, x, t, context, concat, fs)
+    guide = cond.sketch
+
+    def net(x, t, context, concat, fs, sketch=None):
+        return unet_v(unet, x, t, context, concat, fs, None if guide is None else (guide.encoder, sketch, guide.scale))
 
     c = {"context": cond.context, "concat": cond.concat, "fs": cond.fs}
+    if guide is not None:
+        check_sketch(guide.hint, cond.concat)
+        # The hint block sees neither the timestep nor the context: its features are computed once.
+        hint = guide.hint.expand(cond.concat.shape[0], -1, -1, -1, -1)  # one set of sketches for every pair
+        c["sketch"] = guide.encoder.hint_features(hint.to(cond.concat))
     u = None
     if cond.uncond_context is not None:
-        u = {"context": cond.uncond_context, "concat": cond.concat, "fs": cond.fs}
+        u = {**c, "context": cond.uncond_context}
     return GuidedModel(net, c, u, sampling.cfg_scale, sampling.guidance_rescale, sampling.cfg_batch)
+
+
+def check_sketch(hint: torch.Tensor, concat: torch.Tensor) -> None:
+    """Sketches (b 1 t H W) must cover every frame at the latents' pixel size."""
+    b, _, t, h, w = concat.shape
+    if hint.ndim != 5 or hint.shape[1] != 1 or hint.shape[2] != t:
+        raise InputError(
+            f"sketches must be one per frame, (batch, 1, {t}, H, W); got {tuple(hint.shape)}: give {t} frames "
+            "(empty ones where nothing is drawn) or say which frames the sketches are for"
+        )
+    f = hint.shape[-1] // w if w else 0
+    if hint.shape[-2:] != (h * f, w * f) or f < 1 or hint.shape[0] not in (1, b):
+        raise InputError(f"sketches of size {tuple(hint.shape[-2:])} do not fit latents of size {(h, w)} (batch {b})")
 
 
 def sample(
@@ -251,6 +286,35 @@ def sample(
 # Decoding
 
 
+def decode_fitting(
+    vae: AutoencoderKLDualRef,
+    z: torch.Tensor,
+    refs: Sequence[torch.Tensor],
+    chunk: Optional[int] = None,
+    overlap: int = DECODE_OVERLAP,
+) -> tuple[torch.Tensor, Optional[int]]:
+    """`vae.decode` of unscaled z (b z t h w), retried with half the chunk (down to one frame a call)
+    while it runs out of memory -> (video (b 3 t H W), the chunk that fit; None: the whole clip)."""
+    t = z.shape[2]
+    while True:
+        try:
+            return vae.decode(z, refs, chunk, overlap), chunk
+        except torch.OutOfMemoryError:
+            frames = min(chunk or t, t)
+            if frames <= 1:
+                raise
+        # Retried outside the except block, so the failed attempt's tensors (held by the
+        # exception's traceback) are freed before the smaller attempt allocates.
+        chunk = frames // 2
+        log.warning(
+            "out of memory decoding %d frames at a time: retrying with %d frames at a time (plus %d context "
+            "frames on each side); set the decode chunk (ComfyUI: frames_per_chunk) to %d to start there",
+            frames, chunk, overlap, chunk,
+        )
+        if z.device.type == "cuda":
+            torch.cuda.empty_cache()  # hands the failed attempt's cached blocks back before retrying
+
+
 def decode(
     vae: AutoencoderKLDualRef,
     latents: torch.Tensor,
@@ -263,15 +327,16 @@ def decode(
 
     The original decodes a second time without frames 1 and t-2 and takes the middle pair
     from that pass; `second_decode=False` skips it (final video = first pass). `chunk` and
-    `overlap`: see `AutoencoderKLDualRef.decode`.
+    `overlap`: see `AutoencoderKLDualRef.decode`. Out of memory, the decode is retried in
+    smaller chunks (`decode_fitting`).
     """
     z = latents / vae.config.scale_factor
-    first = vae.decode(z, refs, chunk, overlap)
+    first, chunk = decode_fitting(vae, z, refs, chunk, overlap)
     t = z.shape[2]
     if not second_decode or t < 4:
         return first, first
     keep = [i for i in range(t) if i not in (1, t - 2)]
-    second = vae.decode(z[:, :, keep], refs, chunk, overlap)
+    second, _ = decode_fitting(vae, z[:, :, keep], refs, chunk, overlap)
     video = first.clone()
     mid = t // 2
     video[:, :, mid - 1 : mid + 1] = second[:, :, mid - 2 : mid]
@@ -291,9 +356,17 @@ def check_keyframes(start: torch.Tensor, end: torch.Tensor, multiple: int) -> No
     """Shapes the model can take: (b 3 H W) pairs of equal size, sides multiples of `multiple`."""
     for name, img in (("start", start), ("end", end)):
         if img.ndim != 4 or img.shape[1] != 3:
-            raise InputError(f"{name} keyframe must be (batch, 3, height, width), got {tuple(img.shape)}")
+            raise InputError(
+                f"{name} keyframe must be (batch, 3, height, width) RGB, got {tuple(img.shape)}: "
+                "add the batch dimension to a single image (image[None]) and convert gray or RGBA images to RGB"
+            )
         if not torch.isfinite(img).all():
             raise InputError(f"{name} keyframe contains NaN or infinite values")
+    if start.shape[0] != end.shape[0]:
+        raise InputError(
+            f"start has {start.shape[0]} keyframe(s) and end {end.shape[0]}: give as many of each (one clip per "
+            "pair); to pair one keyframe with several, repeat it to the other batch's size"
+        )
     if start.shape != end.shape:
         raise InputError(
             f"start and end keyframes differ in size: {tuple(start.shape)} vs {tuple(end.shape)}; "
@@ -317,10 +390,12 @@ def interpolate(
     frames: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
     callback: Optional[StepCallback] = None,
+    sketch: Optional[SketchGuide] = None,
 ) -> torch.Tensor:
     """Keyframes (b 3 H W) in [-1, 1] -> video (b 3 t H W) in [-1, 1], fp32 on the CPU.
 
     Random draws (posterior noise, x_T, per-step noise) come from `generator` in that order.
+    `sketch`: sketch guidance (hints (1 1 t H W), see `sketch.sketch_hint` and `place_sketches`).
     """
     if model.cond_stage_model is None or model.embedder is None:
         raise InputError(
@@ -343,7 +418,9 @@ def interpolate(
         enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
         concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
         fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
-        cond = Conditioning(context, uncond, concat.to(dtype), fs)
+        if sketch is not None:
+            sketch = SketchGuide(sketch.encoder, sketch.hint.to(dev, dtype), sketch.scale)
+        cond = Conditioning(context, uncond, concat.to(dtype), fs, sketch)
         samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=generator, callback=callback)
         _, video = decode(
             model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
@@ -422,6 +499,7 @@ def interpolate_sequence(
     seed: int = 0,
     loop: bool = False,
     callback: Optional[StepCallback] = None,
+    sketch: Optional[SketchGuide] = None,
 ) -> torch.Tensor:
     """Keyframes (n 3 H W) in [-1, 1] -> one clip (3 T H W), T = `sequence_length(n, frames, loop)`.
 
@@ -433,12 +511,17 @@ def interpolate_sequence(
         raise InputError(f"keyframes must be (n, 3, height, width), got {tuple(keyframes.shape)}")
     pairs = segment_pairs(keyframes.shape[0], loop)
     prompts = segment_prompts(prompts, len(pairs))
+    if sketch is not None and len(pairs) > 1:
+        raise InputError(f"sketches guide one keyframe pair; this sequence has {len(pairs)} segments")
     videos = []
     for i, (a, b) in enumerate(pairs):
         on_step = None if callback is None else offset_callback(callback, i * sampling.steps)
         generator = torch.Generator("cpu").manual_seed(seed + i)
         log.info("segment %d of %d: keyframe %d -> %d (seed %d)", i + 1, len(pairs), a + 1, b + 1, seed + i)
         videos.append(
-            interpolate(model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], sampling, options, frames, generator, on_step)
+            interpolate(
+                model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], sampling, options, frames, generator,
+                on_step, sketch,
+            )
         )
     return join_segments(videos, loop)[0]

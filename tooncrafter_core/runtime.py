@@ -54,3 +54,25 @@ def prepare(model: nn.Module, options: RuntimeOptions) -> None:
         compile_module(model.unet, options)
         compile_module(model.vae.decoder, options)
     setattr(model, _PREPARED, key)
+
+
+def usable_device(name: str) -> torch.device:
+    """The device a command line's --device names, checked before anything is loaded onto it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name!r} is not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this PyTorch ({torch.__version__}) is built without CUDA"
+                if torch.version.cuda is None
+                else "PyTorch sees no CUDA GPU here (no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides it)"
+            )
+            raise ValueError(f"--device {name}: {why}; run with --device cpu (slow) or on a machine with an NVIDIA GPU")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS backend is not available here; run with --device cpu")
+    return device

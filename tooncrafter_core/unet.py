@@ -8,7 +8,7 @@ The module tree is the checkpoint layout under `model.diffusion_model.`.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -251,8 +251,13 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         fs: Optional[torch.Tensor] = None,
+        control: Optional[Sequence[torch.Tensor]] = None,
     ) -> torch.Tensor:
-        """x (b c t h w) noisy latent + concat condition, timesteps (b,), context (b l c) -> v (b c' t h w)."""
+        """x (b c t h w) noisy latent + concat condition, timesteps (b,), context (b l c) -> v (b c' t h w).
+
+        `control`: residuals ((b t) c h w) added to each skip connection and, the last one, to the
+        middle block's output (sketch guidance, `sketch.SketchEncoder`).
+        """
         b, _, t, _, _ = x.shape
         dtype = x.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
@@ -271,6 +276,11 @@ class UNetModel(nn.Module):
                 h = self.init_attn(h, emb, context, b)
             skips.append(h)
         h = self.middle_block(h, emb, context, b)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"{len(control)} control residuals for a UNet with {len(skips)} skip connections + 1")
+            h = h + control[-1].to(h)
+            skips = [s + c.to(s) for s, c in zip(skips, control)]
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
         h = self.out[2](norm_silu(self.out[0], h))
