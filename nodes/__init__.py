@@ -6,5 +6,9 @@ from .loader import LoadToonCrafterModel
 from .lora import LoadToonCrafterLora
 from .sampler import ToonCrafterSampler
 from .sequence import ToonCrafterSequence
+from .sketch import LoadToonCrafterSketchEncoder, ToonCrafterApplySketch
 
-NODES = [LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence]
+NODES = [
+    LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence,
+    LoadToonCrafterSketchEncoder, ToonCrafterApplySketch,
+]

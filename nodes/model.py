@@ -26,6 +26,7 @@ from ..tooncrafter_core import loading
 from ..tooncrafter_core.loading import FP8_DTYPES, load_model
 from ..tooncrafter_core.runtime import prepare
 from ..tooncrafter_core.sampling import SamplingOverflowError
+from ..tooncrafter_core import sketch as tc_sketch
 from ..tooncrafter_core.schedule import Schedule
 from ..tooncrafter_core.vae import auto_decode_chunk, decode_memory_bytes
 
@@ -242,17 +243,25 @@ def sample(
     sampling,
     seed: int,
     callback,
+    sketch: Optional["SketchInput"] = None,
 ) -> torch.Tensor:
     """DDIM on the UNet's device; the same seed gives the same draws as the core's `interpolate`."""
     device, dtype = handle.unet.load_device, handle.unet_dtype
     generator = torch.Generator("cpu").manual_seed(seed)
     concat, x_T = pipeline.initial_latents(keyframes, frames, handle.config, generator, device)
-    mm.load_models_gpu([handle.unet])
+    guide = None
+    if sketch is not None and sketch.scale != 0:
+        # The encoder runs with the UNet at every step: both resident together.
+        mm.load_models_gpu([handle.unet, sketch.encoder])
+        guide = tc_sketch.SketchGuide(sketch.encoder.model, sketch.hint.to(device, dtype), sketch.scale)
+    else:
+        mm.load_models_gpu([handle.unet])
     on_device = pipeline.Conditioning(
         cond.context.to(device, dtype),
         None if cond.uncond_context is None else cond.uncond_context.to(device, dtype),
         concat.to(device, dtype),
         cond.fs.to(device),
+        guide,
     )
     try:
         with torch.inference_mode():
@@ -321,3 +330,56 @@ def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode:
             DECODE_OVERLAP,
         )
     return _out(frames.from_model(video))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sketch guidance
+
+
+SKETCH_FOLDER = "controlnet"
+
+
+@dataclass
+class SketchInput:
+    """What ToonCrafter Apply Sketch adds to the conditioning: the encoder, hints (1 1 t H W), scale."""
+
+    encoder: comfy.model_patcher.ModelPatcher
+    hint: torch.Tensor
+    scale: float
+
+
+def sketch_encoder_choices() -> list[str]:
+    """Files in models/controlnet, then the released sketch encoders not downloaded yet."""
+    present = [f for f in folder_paths.get_filename_list(SKETCH_FOLDER) if os.path.splitext(f)[1] in EXTENSIONS]
+    return present + [f.name for f in catalog.SKETCH_ENCODERS if f.name not in present]
+
+
+def load_sketch_encoder(name: str) -> comfy.model_patcher.ModelPatcher:
+    path = folder_paths.get_full_path(SKETCH_FOLDER, name)
+    if path is None:
+        entry = catalog.find(name, catalog.SKETCH_ENCODERS)
+        if entry is None:
+            raise FileNotFoundError(
+                f"sketch encoder {name!r} is not in {', '.join(folder_paths.get_folder_paths(SKETCH_FOLDER))}; put it there"
+            )
+        path = str(catalog.download(entry, folder_paths.get_folder_paths(SKETCH_FOLDER)[0], tqdm_class=_comfy_tqdm()))
+    encoder = tc_sketch.load_sketch_encoder(path, operations=comfy.ops.manual_cast)
+    return _patcher(encoder, mm.get_torch_device(), mm.unet_offload_device())
+
+
+def sketch_input(encoder, sketches: torch.Tensor, frame_indices: str, strength: float, resize: str, latent_shape) -> SketchInput:
+    """IMAGE sketches (k H W c) -> the guide for latents of `latent_shape` (b z t h w)."""
+    _, _, t, h, w = latent_shape
+    f = tc_sketch.HINT_DOWNSAMPLE
+    images = sketches.movedim(-1, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    try:
+        hint = tc_sketch.place_sketches(
+            tc_sketch.sketch_hint(images[:, :3].float(), h * f, w * f, resize),
+            tc_sketch.parse_frame_indices(frame_indices),
+            t,
+        )
+    except ValueError as e:
+        raise pipeline.InputError(f"ToonCrafter Apply Sketch: {e} (sketches input / frame_indices)") from None
+    return SketchInput(encoder, hint, strength)

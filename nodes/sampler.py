@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from ..tooncrafter_core.config import SamplingConfig
 from ..tooncrafter_core.pipeline import Conditioning, InputError
 from . import model as tc_model
-from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, ToonCrafterModelType
+from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, ToonCrafterModelType
 
 
 def _single(conditioning, name: str):
@@ -91,5 +91,5 @@ def sample_latent(model, positive, negative, latent, seed, steps, cfg, eta, guid
     )
     cond = Conditioning(pos_ctx, neg_ctx if cfg != 1.0 else None, None, pos_opts[FS_KEY])
     frames = latent["samples"].shape[2]
-    samples = tc_model.sample(model, cond, keyframes, frames, sampling, seed, on_step)
+    samples = tc_model.sample(model, cond, keyframes, frames, sampling, seed, on_step, pos_opts.get(SKETCH_KEY))
     return {"samples": samples, KEYFRAMES_KEY: keyframes}

@@ -3,15 +3,16 @@
 import pytest
 
 from comfy_harness import ComfyServer, FrontendSession
-from helpers import TINY_LORA, tiny_checkpoint, tiny_lora
+from helpers import TINY_LORA, TINY_SKETCH_ENCODER, tiny_checkpoint, tiny_lora, tiny_sketch_encoder
 
 
 @pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
-    """A running ComfyUI with this pack linked in and the tiny ToonCrafter model and a LoRA for it staged."""
+    """A running ComfyUI with this pack linked in and the tiny ToonCrafter model, a LoRA and a sketch encoder for it staged."""
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"))
     tiny_checkpoint(server.tooncrafter_models_dir, stem="tooncrafter_tiny")
     tiny_lora(server.models_dir / "loras" / TINY_LORA)
+    tiny_sketch_encoder(server.models_dir / "controlnet" / TINY_SKETCH_ENCODER)
     with server:
         yield server
 

@@ -118,3 +118,16 @@ def tiny_lora(path: Path, case: Path = TINY) -> Path:
     prefix = "model.diffusion_model."
     unet = {k[len(prefix) :]: v for k, v in load_file(str(case / "model.safetensors")).items() if k.startswith(prefix)}
     return save_peft_lora(path.parent, random_lora(unet), TINY_LORA_ALPHA)
+
+
+TINY_SKETCH_ENCODER = "tooncrafter_tiny_sketch.safetensors"
+
+
+def tiny_sketch_encoder(path: Path) -> Path:
+    """The recorded tiny sketch encoder (tests/data/sketch_tiny, stored in fp8) as an fp32 file at `path`."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(REPO / "tests" / "data" / "sketch_tiny" / "encoder.safetensors"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.float() for k, v in state.items()}, str(path))
+    return path

@@ -79,7 +79,11 @@ def test_loader_reads_a_converted_checkpoint_with_the_lora_merged_in(comfy_serve
     convert(tiny_checkpoint(tmp_path), merged, torch.float16, lora_specs=[LoraSpec(lora_file, 0.6)])
     prompt = _seed_prompt(seed=14)
     prompt["1"]["inputs"]["ckpt_name"] = merged.name
-    from_file = _saved_images(comfy_server, comfy_server.run(prompt, timeout=600))
+    try:
+        from_file = _saved_images(comfy_server, comfy_server.run(prompt, timeout=600))
+    finally:  # the session's server is shared: leave its model folder as the other tests expect it
+        merged.unlink()
+        merged.with_suffix(".yaml").unlink(missing_ok=True)
     from_node = _saved_images(comfy_server, comfy_server.run(_with_lora(14, 0.6), timeout=600))
     base = _saved_images(comfy_server, comfy_server.run(_seed_prompt(seed=14), timeout=600))
     assert np.abs(from_file - from_node).max() <= 1.5 / 255

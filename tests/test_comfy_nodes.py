@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from comfy_harness import PACK_NAME, pack_import_errors, pack_node_types, workflow_to_api
-from helpers import REPO, tiny_checkpoint
+from helpers import REPO, TINY_SKETCH_ENCODER, tiny_checkpoint
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TINY_CKPT = "tooncrafter_tiny.safetensors"
@@ -37,6 +37,11 @@ DOCUMENTED = {
          "seed", "steps", "cfg", "eta", "guidance_rescale", "timestep_spacing", "frames_per_chunk", "second_decode",
          "clip", "clip_vision"],
         ["frames"],
+    ),
+    "ToonCrafterSketchEncoderLoader": (["encoder_name"], ["sketch_encoder"]),
+    "ToonCrafterApplySketch": (
+        ["positive", "negative", "latent", "sketch_encoder", "sketches", "frame_indices", "strength", "resize"],
+        ["positive", "negative"],
     ),
 }
 
@@ -95,6 +100,9 @@ def _tiny_settings(api: dict) -> None:
         return
     _set(api, "ToonCrafterConditioning", width=64, height=64)
     _set(api, "ToonCrafterSampler", steps=3)
+    if any(n["class_type"] == "ToonCrafterApplySketch" for n in api.values()):
+        _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
+        _set(api, "ToonCrafterApplySketch", frame_indices="1, 2")  # the tiny model's 4 frames
 
 
 def _video_frames(comfy_server, entry: dict) -> np.ndarray:
@@ -128,6 +136,9 @@ def test_pruned_workflow_runs_with_comfyui_clip_and_clip_vision(comfy_server):
     _set(api, "ToonCrafterModelLoader", ckpt_name=f"{PRUNED_STEM}.safetensors")
     _set(api, "ToonCrafterConditioning", width=64, height=64)
     _set(api, "ToonCrafterSampler", steps=3)
+    if any(n["class_type"] == "ToonCrafterApplySketch" for n in api.values()):
+        _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
+        _set(api, "ToonCrafterApplySketch", frame_indices="1, 2")  # the tiny model's 4 frames
     entry = comfy_server.run(api, timeout=600)
     frames = _video_frames(comfy_server, entry)
     assert frames.shape == (4, 64, 64, 3)

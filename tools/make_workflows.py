@@ -23,6 +23,8 @@ FULL_CKPT = "tooncrafter_512_interp-fp16.safetensors"
 PRUNED_CKPT = "tooncrafter_512_interp-pruned-fp16.safetensors"
 TEXT_ENCODER = "open_clip_vit_h_text.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
+SKETCH_ENCODER = "sketch_encoder-fp16.safetensors"
+SKETCH_FRAMES = (5, 10)
 PROMPT = "a cheerful cartoon ball character jumps up and waves, flat colors, clean line art"
 
 
@@ -180,6 +182,41 @@ def _sequence() -> Graph:
     return g
 
 
+def _sketch() -> Graph:
+    """The basic graph with ToonCrafter Apply Sketch between the conditioning and the sampler."""
+    g = _pipeline(FULL_CKPT, "auto", 50, 0, True, with_clip=False)
+    nodes = {n.id: n for n in g.nodes}
+    cond, sampler = nodes[4], nodes[5]
+    g.links = [l for l in g.links if not (l[1] == cond.id and l[3] == sampler.id and l[2] in (0, 1))]
+    for link_id, link in enumerate(g.links, start=1):
+        link[0] = link_id
+    image_t = ("IMAGE", "IMAGE")
+    encoder = g.add(Node(9, "ToonCrafterSketchEncoderLoader", (20, 920), [SKETCH_ENCODER],
+                         [("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER")], title="Load ToonCrafter Sketch Encoder"))
+    sketches = [
+        g.add(Node(10 + i, "LoadImage", (380 + 320 * i, 520), [f"tooncrafter_sketch_{n:02d}.png", "image"],
+                   [image_t, ("MASK", "MASK")], title=f"Sketch for frame {n}", size=(300, 320)))
+        for i, n in enumerate(SKETCH_FRAMES)
+    ]
+    batch = g.add(Node(12, "ImageBatch", (380, 880), [], [image_t], [("image1", "IMAGE"), ("image2", "IMAGE")],
+                       title="Batch sketches", size=(220, 60)))
+    apply = g.add(Node(13, "ToonCrafterApplySketch", (820, 560), [", ".join(map(str, SKETCH_FRAMES)), 0.6, "crop"],
+                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"),
+                        ("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER"), ("sketches", "IMAGE")],
+                       size=(340, 200)))
+    g.link(sketches[0], 0, batch, "image1")
+    g.link(sketches[1], 0, batch, "image2")
+    g.link(cond, 0, apply, "positive")
+    g.link(cond, 1, apply, "negative")
+    g.link(cond, 2, apply, "latent")
+    g.link(encoder, 0, apply, "sketch_encoder")
+    g.link(batch, 0, apply, "sketches")
+    g.link(apply, 0, sampler, "positive")
+    g.link(apply, 1, sampler, "negative")
+    return g
+
+
 WORKFLOWS = {
     "tooncrafter_basic": (
         _pipeline(FULL_CKPT, "auto", 50, 0, True, with_clip=False),
@@ -203,6 +240,12 @@ WORKFLOWS = {
         "Three keyframes in, one 31-frame clip out: keyframe 1 -> 2 and 2 -> 3, each shared keyframe once. "
         "Add keyframes with more Batch Images nodes; switch loop on to go from the last keyframe back to the "
         "first. One prompt line for all segments, or one line per segment; segment i uses seed + i.",
+    ),
+    "tooncrafter_sketch": (
+        _sketch(),
+        "Sketch guidance: two drawn sketches (dark lines on white) steer frames 5 and 10 of the 16; the other "
+        "frames are left to the model. The sketch encoder (728 MB) is downloaded into models/controlnet on first "
+        "run. Draw your own, list their frames in frame_indices, and set strength (0.6 as the reference app).",
     ),
 }
 
@@ -228,7 +271,8 @@ def main() -> None:
     for name, (graph, note) in WORKFLOWS.items():
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(graph.to_json(note), indent=1) + "\n")
-        keyframes = ("start", "middle", "end") if name == "tooncrafter_sequence" else ("start", "end")
+        keyframes = {"tooncrafter_sequence": ("start", "middle", "end"),
+                     "tooncrafter_sketch": ("start", "sketch_05", "sketch_10", "end")}.get(name, ("start", "end"))
         thumbnail(name.replace("_", " "), keyframes).save(OUT / f"{name}.jpg", quality=85)
         logging.info("wrote %s", path)
 

@@ -1,0 +1,88 @@
+"""Sketch guidance: Load ToonCrafter Sketch Encoder and ToonCrafter Apply Sketch."""
+
+from comfy_api.latest import io
+
+from ..tooncrafter_core import catalog
+from ..tooncrafter_core import frames as tc_frames
+from ..tooncrafter_core.sketch import DEFAULT_SCALE
+from . import model as tc_model
+from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, SketchEncoderType
+
+
+class LoadToonCrafterSketchEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ToonCrafterSketchEncoderLoader",
+            display_name="Load ToonCrafter Sketch Encoder",
+            category=CATEGORY,
+            description="Loads ToonCrafter's sketch encoder (an SD 2.1-layout ControlNet) from models/controlnet, "
+            "downloading a known release on first use.",
+            inputs=[
+                io.Combo.Input(
+                    "encoder_name",
+                    options=tc_model.sketch_encoder_choices(),
+                    default=catalog.DEFAULT_SKETCH.name,
+                    tooltip="Sketch encoder in models/controlnet. Released files not present yet are downloaded when "
+                    "queued: " + "; ".join(f"{f.name} ({f.size}, {f.repo_id})" for f in catalog.SKETCH_ENCODERS),
+                ),
+            ],
+            outputs=[SketchEncoderType.Output(display_name="sketch_encoder")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, encoder_name):
+        if encoder_name not in tc_model.sketch_encoder_choices():
+            return f"sketch encoder {encoder_name!r} is neither in models/controlnet nor a known release"
+        return True
+
+    @classmethod
+    def execute(cls, encoder_name) -> io.NodeOutput:
+        return io.NodeOutput(tc_model.load_sketch_encoder(encoder_name))
+
+
+class ToonCrafterApplySketch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ToonCrafterApplySketch",
+            display_name="ToonCrafter Apply Sketch",
+            category=CATEGORY,
+            description="Steers the in-between frames with drawn sketches (dark lines on light paper), one per frame "
+            "or only on some frames. Goes between ToonCrafter Conditioning and ToonCrafter Sampler.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="From ToonCrafter Conditioning"),
+                io.Conditioning.Input("negative", tooltip="From ToonCrafter Conditioning"),
+                io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Conditioning (frame count and size)"),
+                SketchEncoderType.Input("sketch_encoder", tooltip="From Load ToonCrafter Sketch Encoder"),
+                io.Image.Input("sketches", tooltip="The drawn frames as one IMAGE batch: one per frame (blank paper where "
+                               "nothing is drawn), or only the drawn ones with frame_indices"),
+                io.String.Input("frame_indices", default="",
+                                tooltip="Which frame each sketch is for, e.g. '5, 10' (frames count from 0, keyframes "
+                                "included); empty: the sketches are every frame in order. Frames without a sketch are "
+                                "left to the model"),
+                io.Float.Input("strength", default=DEFAULT_SCALE, min=0.0, max=2.0, step=0.05,
+                               tooltip="How strongly the sketches steer: 0 = not at all (the unguided result exactly); "
+                               "0.6 as the reference app"),
+                io.Combo.Input("resize", options=list(tc_frames.FIT_METHODS), default="crop",
+                               tooltip="How sketches of another size are fitted; use what the Conditioning uses"),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, latent, sketch_encoder, sketches, frame_indices, strength, resize) -> io.NodeOutput:
+        if KEYFRAMES_KEY not in latent:
+            raise tc_model.pipeline.InputError("latent must be the latent output of ToonCrafter Conditioning")
+        guide = tc_model.sketch_input(sketch_encoder, sketches, frame_indices, strength, resize, latent["samples"].shape)
+        return io.NodeOutput(_with(positive, guide), _with(negative, guide))
+
+
+def _with(conditioning, guide):
+    """The conditioning entries, each with the sketch guide added to its options."""
+    if not conditioning or FS_KEY not in conditioning[0][1]:
+        raise tc_model.pipeline.InputError("positive and negative must come from ToonCrafter Conditioning")
+    return [[context, {**options, SKETCH_KEY: guide}] for context, options in conditioning]
