@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,43 @@ log = logging.getLogger(__name__)
 
 COMFYUI_SOURCE = SHARED / "comfyui"
 PACK_NAME = "ComfyUI-ToonCrafter"
+
+
+# Source that a test runs in a fresh process: ComfyUI imported as `main.py --cpu` would, this pack
+# imported as `tc_pack`, the tiny fixture staged as tiny.safetensors and loaded as `handle`.
+IN_PROCESS_PRELUDE = textwrap.dedent(
+    """
+    import importlib.util, logging, shutil, sys, tempfile
+    from pathlib import Path
+    sys.path.insert(0, {comfy!r})
+    import torch
+    from comfy.cli_args import args
+    args.cpu = True  # as `main.py --cpu`: this machine has no GPU
+    import folder_paths
+    import comfy.model_management as mm
+
+    spec = importlib.util.spec_from_file_location("tc_pack", {repo!r} + "/__init__.py",
+                                                  submodule_search_locations=[{repo!r}])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["tc_pack"] = pack
+    spec.loader.exec_module(pack)
+    from tc_pack.nodes import model as tc_model
+
+    folder = Path(tempfile.mkdtemp())
+    for src, dst in (("model.safetensors", "tiny.safetensors"), ("config.yaml", "tiny.yaml"), ("TC-Tiny.json", "TC-Tiny.json")):
+        shutil.copy(Path({tiny!r}) / src, folder / dst)
+    folder_paths.add_model_folder_path("tooncrafter", str(folder), is_default=True)
+    handle = tc_model.load("tiny.safetensors", "auto")
+    """
+)
+
+
+def in_process_script(body: str) -> str:
+    """`IN_PROCESS_PRELUDE` then `body` (dedented); both may use the format fields comfy, repo, tiny, tests."""
+    from helpers import TINY
+
+    source = IN_PROCESS_PRELUDE + textwrap.dedent(body)
+    return source.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY), tests=str(REPO / "tests"))
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -15,7 +15,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import uuid
 from itertools import count
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from comfy_harness import COMFYUI_SOURCE, ComfyError
+from comfy_harness import ComfyError, in_process_script
 from helpers import REPO, TINY, tiny_checkpoint
 from test_comfy_nodes import _saved_images, _seed_prompt
 
@@ -348,33 +347,11 @@ def test_ckpt_whose_pickle_runs_code_is_refused(comfy_server, input_dir, base, s
 # ---------------------------------------------------------------------------------------------
 # The node glue in a fresh process: an exception inside each stage, out of memory during decode
 
-NODE_SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, logging, shutil, sys, tempfile
-    from pathlib import Path
-    sys.path.insert(0, {comfy!r})
-    import torch
-    from comfy.cli_args import args
-    args.cpu = True  # as `main.py --cpu`
-    import folder_paths
-    import comfy.model_management as mm
-
-    spec = importlib.util.spec_from_file_location("tc_pack", {repo!r} + "/__init__.py",
-                                                  submodule_search_locations=[{repo!r}])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["tc_pack"] = pack
-    spec.loader.exec_module(pack)
-    from tc_pack.nodes import model as tc_model
+# Runs after comfy_harness.IN_PROCESS_PRELUDE (ComfyUI and the pack imported, the tiny model loaded as `handle`).
+NODE_SCRIPT = """
     from tc_pack.nodes.conditioning import ToonCrafterConditioning
     from tc_pack.nodes.decoder import ToonCrafterDecode
     from tc_pack.nodes.sampler import ToonCrafterSampler
-
-    folder = Path(tempfile.mkdtemp())
-    for src, dst in (("model.safetensors", "tiny.safetensors"), ("config.yaml", "tiny.yaml"), ("TC-Tiny.json", "TC-Tiny.json")):
-        shutil.copy(Path({tiny!r}) / src, folder / dst)
-    folder_paths.add_model_folder_path("tooncrafter", str(folder), is_default=True)
-
-    handle = tc_model.load("tiny.safetensors", "auto")
     g = torch.Generator().manual_seed(0)
     start, end = torch.rand(1, 32, 32, 3, generator=g), torch.rand(1, 32, 32, 3, generator=g)
 
@@ -437,12 +414,11 @@ NODE_SCRIPT = textwrap.dedent(
     assert torch.equal(got, expected), (got - expected).abs().max()
     assert torch.equal(run(), before)
     print("OK")
-    """
-)
+"""
 
 
 def test_node_glue_survives_an_exception_in_each_stage_and_retries_decode_out_of_memory():
-    code = NODE_SCRIPT.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY))
+    code = in_process_script(NODE_SCRIPT)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/tmp", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()

@@ -7,36 +7,12 @@ result must equal the fully loaded model's.
 
 import subprocess
 import sys
-import textwrap
 
-from comfy_harness import COMFYUI_SOURCE
-from helpers import REPO, TINY
+from comfy_harness import in_process_script
 
-SCRIPT = textwrap.dedent(
-    """
-    import importlib.util, sys, shutil, tempfile
-    from pathlib import Path
-    sys.path.insert(0, {comfy!r})
-    import torch
-    from comfy.cli_args import args
-    args.cpu = True  # as `main.py --cpu`: this machine has no GPU
-    import folder_paths
-    import comfy.model_management as mm
-
-    spec = importlib.util.spec_from_file_location("tc_pack", {repo!r} + "/__init__.py",
-                                                  submodule_search_locations=[{repo!r}])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules["tc_pack"] = pack
-    spec.loader.exec_module(pack)
-    from tc_pack.nodes import model as tc_model
+# Runs after comfy_harness.IN_PROCESS_PRELUDE (ComfyUI and the pack imported, the tiny model loaded as `handle`).
+SCRIPT = """
     from tc_pack.tooncrafter_core import pipeline
-
-    folder = Path(tempfile.mkdtemp())
-    for src, dst in (("model.safetensors", "tiny.safetensors"), ("config.yaml", "tiny.yaml"), ("TC-Tiny.json", "TC-Tiny.json")):
-        shutil.copy(Path({tiny!r}) / src, folder / dst)
-    folder_paths.add_model_folder_path("tooncrafter", str(folder), is_default=True)
-
-    handle = tc_model.load("tiny.safetensors", "auto")
     unet = handle.unet
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 4, 8, 8, generator=g)
@@ -92,12 +68,11 @@ SCRIPT = textwrap.dedent(
     assert compiled.vae.model.decoder._compiled_call_impl is not None
     assert handle.unet.model._compiled_call_impl is None
     print("OK", cast)
-    """
-)
+"""
 
 
 def test_partially_loaded_unet_matches_the_fully_loaded_one_with_and_without_a_lora_and_the_loader_compiles_on_request():
-    code = SCRIPT.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY), tests=str(REPO / "tests"))
+    code = in_process_script(SCRIPT)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/tmp")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.startswith("OK")
