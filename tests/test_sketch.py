@@ -143,6 +143,8 @@ def test_scale_zero_gives_the_unguided_clip_exactly_and_sketches_change_it(encod
     assert relative_error(run(SketchGuide(encoder, hint, 0.6)), plain) > 1e-2
     with pytest.raises(InputError, match="one per frame"):
         run(SketchGuide(encoder, hint[:, :, :3], 0.6))
+    with pytest.raises(InputError, match=r"sketches of size \(32, 64\) .* must be \(64, 64\)"):
+        run(SketchGuide(encoder, hint[:, :, :, :32], 0.6))
 
 
 @pytest.mark.parametrize("layout", ["ckpt", "ckpt_state_dict", "fp16_safetensors"])

@@ -22,7 +22,7 @@ from .ops import Default
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
 from .schedule import Schedule
-from .sketch import SketchEncoder, SketchGuide, controls
+from .sketch import HINT_DOWNSAMPLE, SketchEncoder, SketchGuide, controls
 from .unet import UNetModel
 from .vae import AutoencoderKLDualRef
 
@@ -261,9 +261,12 @@ def check_sketch(hint: torch.Tensor, concat: torch.Tensor) -> None:
             f"sketches must be one per frame, (batch, 1, {t}, H, W); got {tuple(hint.shape)}: give {t} frames "
             "(empty ones where nothing is drawn) or say which frames the sketches are for"
         )
-    f = hint.shape[-1] // w if w else 0
-    if hint.shape[-2:] != (h * f, w * f) or f < 1 or hint.shape[0] not in (1, b):
-        raise InputError(f"sketches of size {tuple(hint.shape[-2:])} do not fit latents of size {(h, w)} (batch {b})")
+    size = (h * HINT_DOWNSAMPLE, w * HINT_DOWNSAMPLE)
+    if tuple(hint.shape[-2:]) != size or hint.shape[0] not in (1, b):
+        raise InputError(
+            f"sketches of size {tuple(hint.shape[-2:])} (batch {hint.shape[0]}) do not fit the frames: they must be "
+            f"{size} like the keyframes, one set for all {b} pairs or one per pair"
+        )
 
 
 def sample(
@@ -418,8 +421,6 @@ def interpolate(
         enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
         concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
         fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
-        if sketch is not None:
-            sketch = SketchGuide(sketch.encoder, sketch.hint.to(dev, dtype), sketch.scale)
         cond = Conditioning(context, uncond, concat.to(dtype), fs, sketch)
         samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=generator, callback=callback)
         _, video = decode(
