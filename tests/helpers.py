@@ -20,6 +20,12 @@ def relative_error(ours, reference) -> float:
     return ((ours.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
+def gradient_keyframes(h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two smooth, different keyframes (1 3 h w) in [-1, 1]."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    return torch.stack([xx, yy, -xx])[None], torch.stack([-yy, xx, yy])[None]
+
+
 def reference_cases() -> list[Path]:
     """Every recorded case under shared/reference (held-back cases are picked up the same way)."""
     return sorted(p.parent for p in REFERENCE.glob("*/reference.json"))

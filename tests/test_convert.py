@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from helpers import random_lora, reference_cases, save_peft_lora, tiny_checkpoint
+from helpers import gradient_keyframes, random_lora, reference_cases, save_peft_lora, tiny_checkpoint
 from tooncrafter_core.__main__ import main
 from tooncrafter_core.config import RuntimeOptions, SamplingConfig
 from tooncrafter_core.convert import KEEP_FP32, convert
@@ -110,10 +110,6 @@ def test_convert_refuses_to_overwrite_its_input_or_write_another_format(ckpt, tm
 # Overflow
 
 
-def _keyframes():
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    return torch.stack([xx, yy, -xx])[None], torch.stack([-yy, xx, yy])[None]
-
 
 def _overflowing(ckpt, dtype):
     """The tiny model with its first UNet convolution scaled by 1e5 (its largest weight, 0.42, becomes 4.2e4, still an fp16 number): its activations pass fp16's
@@ -126,7 +122,7 @@ def _overflowing(ckpt, dtype):
 
 
 def test_an_injected_overflow_stops_sampling_with_the_fix(ckpt):
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     steps = []
     with pytest.raises(SamplingOverflowError, match=r"by step 1 of 3 while computing in float16; compute in bfloat16 or float32"):
         interpolate(_overflowing(ckpt, torch.float16), start, end, "", SamplingConfig(steps=3),

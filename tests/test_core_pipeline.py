@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, tiny_checkpoint
+from helpers import REPO, gradient_keyframes, tiny_checkpoint
 from tooncrafter_core import frames
 from tooncrafter_core.config import SamplingConfig
 from tooncrafter_core.loading import load_model
@@ -21,13 +21,6 @@ from tooncrafter_core.config import ScheduleConfig
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     return load_model(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")), dtype=torch.float32)
-
-
-def _keyframes(h=64, w=64):
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    start = torch.stack([xx, yy, -xx])[None]
-    end = torch.stack([-yy, xx, yy])[None]
-    return start, end
 
 
 def _draw(path, color, box):
@@ -68,7 +61,7 @@ def test_cli_reports_a_missing_keyframe_clearly(tmp_path):
 
 
 def test_interpolate_is_seeded_and_keeps_the_keyframes_apart(tiny_model):
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     s = SamplingConfig(steps=3, cfg_scale=7.5, guidance_rescale=0.7)
     a = interpolate(tiny_model, start, end, "x", s, generator=torch.Generator().manual_seed(1))
     b = interpolate(tiny_model, start, end, "x", s, generator=torch.Generator().manual_seed(1))
@@ -79,7 +72,7 @@ def test_interpolate_is_seeded_and_keeps_the_keyframes_apart(tiny_model):
 
 
 def test_cfg_batched_equals_two_calls(tiny_model):
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     kw = dict(steps=2, eta=0.0, cfg_scale=5.0, guidance_rescale=0.5)
     a = interpolate(tiny_model, start, end, "x", SamplingConfig(cfg_batch=True, **kw), generator=torch.Generator().manual_seed(3))
     b = interpolate(tiny_model, start, end, "x", SamplingConfig(cfg_batch=False, **kw), generator=torch.Generator().manual_seed(3))
@@ -177,7 +170,7 @@ def test_pruned_model_asks_for_external_encoders(tiny_model):
     tiny_model.cond_stage_model, saved = None, tiny_model.cond_stage_model
     try:
         with pytest.raises(InputError, match="pruned"):
-            interpolate(tiny_model, *_keyframes(), "x", SamplingConfig(steps=1))
+            interpolate(tiny_model, *gradient_keyframes(), "x", SamplingConfig(steps=1))
     finally:
         tiny_model.cond_stage_model = saved
 
@@ -202,7 +195,7 @@ def test_fit_methods_produce_the_requested_size():
 
 def test_decode_chunking_is_exact_with_one_chunk(tiny_model):
     vae = tiny_model.vae
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     from tooncrafter_core.pipeline import encode_keyframes
 
     with torch.inference_mode():
@@ -230,7 +223,7 @@ def test_core_imports_no_host_or_heavy_framework():
 
 
 def test_batches_of_pairs_and_other_frame_counts(tiny_model):
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     s = SamplingConfig(steps=2)
     two = interpolate(tiny_model, torch.cat([start, end]), torch.cat([end, start]), "x", s,
                       generator=torch.Generator().manual_seed(0))

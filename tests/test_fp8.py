@@ -19,7 +19,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import REPO, TINY, full_size_unet_uninitialised, relative_error, tiny_checkpoint
+from helpers import REPO, TINY, full_size_unet_uninitialised, gradient_keyframes, relative_error, tiny_checkpoint
 from tooncrafter_core.config import ModelConfig, SamplingConfig
 from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
 from tooncrafter_core.ops import CastWeights
@@ -48,17 +48,13 @@ def tiny_ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
 
 
-def _keyframes(h=64, w=64):
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    return torch.stack([xx, yy, -xx])[None], torch.stack([-yy, xx, yy])[None]
-
 
 def _run(model: ToonCrafter) -> tuple[torch.Tensor, torch.Tensor]:
     """(UNet output at the recorded inputs of the tiny case, a 4-step interpolate), fp32 compute."""
     ref = load_file(str(TINY / "reference.safetensors"))
     with torch.inference_mode():
         v = unet_v(model.unet, ref["unet_x"], ref["unet_t"].long(), ref["context_cond"], ref["c_concat"], torch.tensor([10]))
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     video = interpolate(model, start, end, "a cat waves", SamplingConfig(steps=4), generator=torch.Generator().manual_seed(3))
     return v, video
 

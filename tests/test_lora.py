@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import attn2_modules, random_lora, relative_error, save_kohya_lora, save_peft_lora, tiny_checkpoint
+from helpers import attn2_modules, gradient_keyframes, random_lora, relative_error, save_kohya_lora, save_peft_lora, tiny_checkpoint
 from tooncrafter_core.config import SamplingConfig
 from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
 from tooncrafter_core.lora import (
@@ -45,13 +45,9 @@ def factors(unet_state):
     return random_lora(unet_state, rank=RANK)
 
 
-def _keyframes(h=64, w=64):
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    return torch.stack([xx, yy, -xx])[None], torch.stack([-yy, xx, yy])[None]
-
 
 def _video(model: ToonCrafter) -> torch.Tensor:
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     return interpolate(model, start, end, "a ball", SamplingConfig(steps=2), generator=torch.Generator().manual_seed(7))
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
-from helpers import REFERENCE, REPO, TINY, relative_error, tiny_checkpoint
+from helpers import REFERENCE, REPO, TINY, gradient_keyframes, relative_error, tiny_checkpoint
 from tooncrafter_core import catalog
 from tooncrafter_core.config import SamplingConfig, from_original_yaml
 from tooncrafter_core.loading import CheckpointError, load_model
@@ -124,14 +124,10 @@ def test_guided_ddim_trajectory_matches_the_reference(encoder, reference):
         assert relative_error(ours, ref) < TOLERANCE, i
 
 
-def _keyframes():
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 64), torch.linspace(-1, 1, 64), indexing="ij")
-    return torch.stack([xx, yy, -xx])[None], torch.stack([-yy, xx, yy])[None]
-
 
 def test_scale_zero_gives_the_unguided_clip_exactly_and_sketches_change_it(encoder, reference, tmp_path):
     model = load_model(tiny_checkpoint(tmp_path), dtype=torch.float32)
-    start, end = _keyframes()
+    start, end = gradient_keyframes()
     hint = reference["tiny4f.hint"].float()
 
     def run(guide):
