@@ -162,6 +162,9 @@ def test_released_file_formats_load(tmp_path, layout):
 def test_a_model_checkpoint_is_not_taken_for_a_sketch_encoder(tmp_path):
     with pytest.raises(CheckpointError, match="not a ToonCrafter sketch encoder"):
         load_sketch_encoder(tiny_checkpoint(tmp_path))
+    # The tiny encoder's file against the released architecture: its keys are named.
+    with pytest.raises(CheckpointError, match=r"encoder.safetensors does not match the sketch encoder; missing keys: input_blocks\.2\.0\.in_layers.*\(226 in all\); unexpected keys: input_blocks\.2\.0\.op"):
+        load_sketch_encoder(SKETCH / "encoder.safetensors", config=SketchEncoderConfig())
 
 
 def test_sketches_are_inverted_luma_fitted_like_keyframes_and_placed_on_their_frames():

@@ -310,18 +310,43 @@ def _check_schedule(state: Mapping[str, torch.Tensor], schedule: Schedule, name:
             log.warning("%s: schedule buffer %s differs from the config's schedule; using the config's", name, key)
 
 
-def _mismatch_message(name: str, missing: list[str], unexpected: list[str]) -> str:
+_TOONCRAFTER_HINT = (
+    "is this the right file (tooncrafter_512_interp_v1 or a conversion of it), and if it is a custom model, "
+    "is its yaml next to it?"
+)
+
+
+def _mismatch_message(name: str, missing: list[str], unexpected: list[str], what: str, hint: str) -> str:
     def show(keys):
         head = ", ".join(keys[:12])
         return head + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
 
-    parts = [f"{name} does not match the ToonCrafter architecture"]
+    parts = [f"{name} does not match {what}"]
     if missing:
         parts.append(f"missing keys: {show(missing)}")
     if unexpected:
         parts.append(f"unexpected keys: {show(unexpected)}")
-    parts.append("is this the right file (tooncrafter_512_interp_v1 or a conversion of it), and if it is a custom model, is its yaml next to it?")
+    parts.append(hint)
     return "; ".join(parts)
+
+
+def check_keys(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    name: str,
+    what: str = "the ToonCrafter architecture",
+    hint: str = _TOONCRAFTER_HINT,
+) -> None:
+    """CheckpointError unless `state` has exactly the keys of `expected`, each of its shape."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(_mismatch_message(name, missing, unexpected, what, hint))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items() if state[k].shape != v.shape
+    ]
+    if wrong:
+        raise CheckpointError(f"{name}: tensors of the wrong shape: {', '.join(wrong[:12])}")
 
 
 def unet_matrix_keys(model: ToonCrafter) -> set[str]:
@@ -366,18 +391,7 @@ def load_state_into(
     _check_schedule(state, model.schedule, name)
     for key in CHECKPOINT_ONLY_KEYS:
         state.pop(key, None)
-    expected = model.state_dict(keep_vars=True)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} (expected {tuple(expected[k].shape)})"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected:
-        raise CheckpointError(_mismatch_message(name, missing, unexpected))
-    if wrong:
-        raise CheckpointError(f"{name}: tensors of the wrong shape: {', '.join(wrong[:12])}")
+    check_keys(model.state_dict(keep_vars=True), state, name)
     overrides = dict.fromkeys(unet_matrix_keys(model), unet_weight_dtype) if unet_weight_dtype is not None else {}
     _cast_in_place(state, dtype, overrides)
     model.load_state_dict(state, strict=True, assign=True)

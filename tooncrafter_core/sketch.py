@@ -264,7 +264,7 @@ def load_sketch_encoder(
 ) -> SketchEncoder:
     """The released `sketch_encoder.ckpt` (weights only) or `.safetensors` (fp32 or fp16), built on
     the meta device and loaded strictly; `dtype` None keeps the file's."""
-    from .loading import CheckpointError, read_state_dict
+    from .loading import CheckpointError, check_keys, read_state_dict
 
     path = Path(path)
     state = read_state_dict(path)
@@ -277,15 +277,10 @@ def load_sketch_encoder(
     config = config or infer_config({k: tuple(v.shape) for k, v in state.items()})
     with torch.device("meta"):
         encoder = SketchEncoder(config, operations=operations)
-    expected = encoder.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{path.name} does not match the sketch encoder: missing {missing[:6]}, unexpected {unexpected[:6]}, "
-            f"wrong shapes {wrong[:6]}"
-        )
+    check_keys(
+        encoder.state_dict(), state, path.name, "the sketch encoder",
+        "use the released sketch_encoder.ckpt / sketch_encoder-fp16.safetensors or a conversion of them",
+    )
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     encoder.load_state_dict(state, strict=True, assign=True)
