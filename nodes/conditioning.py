@@ -17,15 +17,7 @@ def _pairs(start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.
             "or the same number of both (one in-between per pair)"
         )
     b = max(start.shape[0], end.shape[0])
-    return _rgb(start, "start_image").expand(b, -1, -1, -1), _rgb(end, "end_image").expand(b, -1, -1, -1)
-
-
-def _rgb(images: torch.Tensor, name: str) -> torch.Tensor:
-    """IMAGE (b H W c) -> (b 3 H W): alpha dropped, one gray channel repeated."""
-    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise InputError(f"{name} must be an IMAGE batch (batch, height, width, 1/3/4 channels), got {tuple(images.shape)}")
-    images = images.movedim(-1, 1)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    return tc_model.rgb(start, "start_image").expand(b, -1, -1, -1), tc_model.rgb(end, "end_image").expand(b, -1, -1, -1)
 
 
 class ToonCrafterConditioning(io.ComfyNode):

@@ -59,25 +59,34 @@ def install_example_keyframes() -> None:
             shutil.copyfile(os.path.join(EXAMPLE_KEYFRAMES, name), dst)
 
 
+def _choices(folder: str, released) -> list[str]:
+    """Files in a model folder, then the released files not downloaded yet."""
+    present = [f for f in folder_paths.get_filename_list(folder) if os.path.splitext(f)[1] in EXTENSIONS]
+    return present + [f.name for f in released if f.name not in present]
+
+
+def _resolve(folder: str, name: str, released, what: str) -> str:
+    """Path of a choice of `_choices`; a known release that is missing is downloaded first."""
+    path = folder_paths.get_full_path(folder, name)
+    if path is not None:
+        return path
+    entry = catalog.find(name, released)
+    if entry is None:
+        raise FileNotFoundError(
+            f"{what} {name!r} is not in {', '.join(folder_paths.get_folder_paths(folder))}; "
+            "put it there (or pick another file in the loader)"
+        )
+    return str(catalog.download(entry, folder_paths.get_folder_paths(folder)[0], tqdm_class=_comfy_tqdm()))
+
+
 def checkpoint_choices() -> list[str]:
     """Files in the tooncrafter folders, then the released files not downloaded yet."""
-    present = [f for f in folder_paths.get_filename_list(FOLDER) if os.path.splitext(f)[1] in EXTENSIONS]
-    return present + [f.name for f in catalog.RELEASED if f.name not in present]
+    return _choices(FOLDER, catalog.RELEASED)
 
 
 def resolve_checkpoint(name: str) -> str:
     """Path of a checkpoint choice; a known release that is missing is downloaded first."""
-    path = folder_paths.get_full_path(FOLDER, name)
-    if path is not None:
-        return path
-    entry = catalog.find(name)
-    if entry is None:
-        raise FileNotFoundError(
-            f"checkpoint {name!r} is not in {', '.join(folder_paths.get_folder_paths(FOLDER))}; "
-            "put it there (or pick another file in the loader)"
-        )
-    folder = folder_paths.get_folder_paths(FOLDER)[0]
-    return str(catalog.download(entry, folder, tqdm_class=_comfy_tqdm()))
+    return _resolve(FOLDER, name, catalog.RELEASED, "checkpoint")
 
 
 def _comfy_tqdm():
@@ -178,6 +187,14 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
     return handle
 
 
+def rgb(images: torch.Tensor, name: str) -> torch.Tensor:
+    """IMAGE (b H W c) -> (b 3 H W): alpha dropped, one gray channel repeated; `name` is the input's."""
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise pipeline.InputError(f"{name} must be an IMAGE batch (batch, height, width, 1/3/4 channels), got {tuple(images.shape)}")
+    images = images.movedim(-1, 1)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the core's stages on ComfyUI-managed devices. Glue only: the math is in tooncrafter_core.
 
@@ -253,7 +270,7 @@ def sample(
     if sketch is not None and sketch.scale != 0:
         # The encoder runs with the UNet at every step: both resident together.
         mm.load_models_gpu([handle.unet, sketch.encoder])
-        guide = tc_sketch.SketchGuide(sketch.encoder.model, sketch.hint.to(device, dtype), sketch.scale)
+        guide = tc_sketch.SketchGuide(sketch.encoder.model, sketch.hint, sketch.scale)
     else:
         mm.load_models_gpu([handle.unet])
     on_device = pipeline.Conditioning(
@@ -350,19 +367,11 @@ class SketchInput:
 
 def sketch_encoder_choices() -> list[str]:
     """Files in models/controlnet, then the released sketch encoders not downloaded yet."""
-    present = [f for f in folder_paths.get_filename_list(SKETCH_FOLDER) if os.path.splitext(f)[1] in EXTENSIONS]
-    return present + [f.name for f in catalog.SKETCH_ENCODERS if f.name not in present]
+    return _choices(SKETCH_FOLDER, catalog.SKETCH_ENCODERS)
 
 
 def load_sketch_encoder(name: str) -> comfy.model_patcher.ModelPatcher:
-    path = folder_paths.get_full_path(SKETCH_FOLDER, name)
-    if path is None:
-        entry = catalog.find(name, catalog.SKETCH_ENCODERS)
-        if entry is None:
-            raise FileNotFoundError(
-                f"sketch encoder {name!r} is not in {', '.join(folder_paths.get_folder_paths(SKETCH_FOLDER))}; put it there"
-            )
-        path = str(catalog.download(entry, folder_paths.get_folder_paths(SKETCH_FOLDER)[0], tqdm_class=_comfy_tqdm()))
+    path = _resolve(SKETCH_FOLDER, name, catalog.SKETCH_ENCODERS, "sketch encoder")
     encoder = tc_sketch.load_sketch_encoder(path, operations=comfy.ops.manual_cast)
     return _patcher(encoder, mm.get_torch_device(), mm.unet_offload_device())
 
@@ -371,12 +380,9 @@ def sketch_input(encoder, sketches: torch.Tensor, frame_indices: str, strength: 
     """IMAGE sketches (k H W c) -> the guide for latents of `latent_shape` (b z t h w)."""
     _, _, t, h, w = latent_shape
     f = tc_sketch.HINT_DOWNSAMPLE
-    images = sketches.movedim(-1, 1)
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
     try:
         hint = tc_sketch.place_sketches(
-            tc_sketch.sketch_hint(images[:, :3].float(), h * f, w * f, resize),
+            tc_sketch.sketch_hint(rgb(sketches, "sketches").float(), h * f, w * f, resize),
             tc_sketch.parse_frame_indices(frame_indices),
             t,
         )
