@@ -9,6 +9,7 @@ loaded model broken. The core and CLI entries are in test_bad_inputs.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import re
@@ -246,7 +247,9 @@ def test_interrupt_at_each_stage_then_the_next_run_gives_the_same_frames(comfy_s
         prompt["1"]["inputs"]["weight_dtype"] = "fp32"  # another load than the cached one, so it runs
     if name == "decode":
         prompt["6"]["inputs"]["frames_per_chunk"] = 1
-    prompt_id = asyncio.run(_interrupt_when_running(comfy_server, prompt, node))
+    # In a thread of its own: the frontend tests' Playwright keeps an event loop running in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        prompt_id = pool.submit(asyncio.run, _interrupt_when_running(comfy_server, prompt, node)).result()
     entry = comfy_server.wait_for(prompt_id, timeout=300, check=False)
     messages = dict(entry["status"]["messages"])
     assert "execution_interrupted" in messages, entry["status"]
