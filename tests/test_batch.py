@@ -174,7 +174,7 @@ def test_csv_shot_lists_read_like_jsonl(tmp_path):
 def test_a_local_ray_cluster_gives_the_same_frames_and_survives_a_killed_worker(ckpt, tmp_path):
     import torch
 
-    from tooncrafter_core.cluster import ModelSpec, run_ray
+    from tooncrafter_core.cluster import run_ray
     from tooncrafter_core.loading import load_model
 
     shots = batch.read_shots(_shots(tmp_path / "list", with_missing=False))
@@ -198,7 +198,7 @@ def test_a_local_ray_cluster_gives_the_same_frames_and_survives_a_killed_worker(
             killed.append((pid, shot_id))
             os.kill(pid, signal.SIGKILL)
 
-    spec = ModelSpec(str(ckpt), str(tmp_path), "fp32")
+    spec = batch.ModelSpec(str(ckpt), str(tmp_path), "fp32")
     report = run_ray(shots, tmp_path / "ray", shared, spec, workers=2, on_dispatch=kill_first)
     assert sorted(report.done) == ["loop", "pair", "pair2", "seq"] and report.failed == []
     assert killed and report.retried == [killed[0][1]]  # the shot it was rendering was handed out again

@@ -16,11 +16,11 @@ from . import catalog, convert, evaluate, frames, lora, pipeline, sketch
 from .config import RuntimeOptions, SamplingConfig
 from .loading import WEIGHT_DTYPES, CheckpointError, load_for
 from .pipeline import InputError
-from .runtime import usable_device
+from .runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
 
 log = logging.getLogger("tooncrafter_core")
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = COMPUTE_DTYPES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,7 +179,7 @@ def run_interpolate(args: argparse.Namespace) -> Path:
     ckpt = args.ckpt
     if ckpt is None:
         ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    dtype = DTYPES[compute_dtype_name(args.dtype, device)]
     model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype))
     lora.merge_specs(model, args.lora)
     model = model.to(device)
@@ -228,23 +228,16 @@ def run_batch(args: argparse.Namespace) -> Path:
     ckpt = args.ckpt.resolve() if args.ckpt else None
     name = ckpt.name if ckpt else catalog.DEFAULT.name
     shared = batch.RenderSettings(name, args.dtype or "auto", tuple(f"{s.path.name}:{s.strength:g}" for s in args.lora))
+    spec = batch.ModelSpec(str(ckpt) if ckpt else None, str(args.models_dir), args.dtype,
+                           tuple((str(s.path.resolve()), s.strength) for s in args.lora))
     if args.ray:
-        from .cluster import ModelSpec, run_ray
+        from .cluster import run_ray
 
-        spec = ModelSpec(str(ckpt) if ckpt else None, str(args.models_dir), args.dtype,
-                         tuple((str(s.path.resolve()), s.strength) for s in args.lora))
         address = None if args.ray == "local" else args.ray
         report = run_ray(shots, args.out, shared, spec, address, args.workers, args.cpus_per_worker, args.retries)
     else:
-        device = torch.device(args.device)
-        dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-
-        def load():
-            model = load_for(ckpt or catalog.download(catalog.DEFAULT, args.models_dir), dtype)
-            lora.merge_specs(model, args.lora)
-            return model.to(device)
-
-        report = batch.run_local(shots, args.out, shared, load, device, dtype)
+        device = usable_device(args.device)
+        report = batch.run_local(shots, args.out, shared, lambda: spec.load(device), device, spec.compute_dtype(device))
     if report.failed:
         raise batch.BatchError(f"{len(report.failed)} shot(s) failed: {', '.join(report.failed)}; see {args.out / batch.FAILED}")
     return args.out

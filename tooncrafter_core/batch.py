@@ -30,6 +30,7 @@ import torch
 from . import frames
 from .config import RuntimeOptions, SamplingConfig
 from .pipeline import interpolate_sequence, segment_pairs, segment_prompts
+from .runtime import COMPUTE_DTYPES, compute_dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,27 @@ def read_shots(path: str | Path) -> list[Shot]:
 
 # ---------------------------------------------------------------------------------------------
 # Rendering one shot
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a renderer (this process, or a Ray worker) loads its model: paths as seen where it runs."""
+
+    ckpt: str | None  # None: the default release, downloaded into models_dir once per renderer
+    models_dir: str
+    dtype: str | None  # None: fp16 on a GPU, fp32 on the CPU
+    loras: tuple[tuple[str, float], ...] = ()
+
+    def compute_dtype(self, device: torch.device) -> torch.dtype:
+        return COMPUTE_DTYPES[compute_dtype_name(self.dtype, device)]
+
+    def load(self, device: torch.device):
+        from . import catalog, lora
+        from .loading import load_for
+
+        model = load_for(self.ckpt or catalog.download(catalog.DEFAULT, self.models_dir), self.compute_dtype(device))
+        lora.merge_specs(model, [lora.LoraSpec(Path(p), s) for p, s in self.loras])
+        return model.to(device)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,38 +26,12 @@ log = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parent
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a worker loads its model: paths as seen on the worker."""
-
-    ckpt: Optional[str]  # None: the default release, downloaded into models_dir once per worker
-    models_dir: str
-    dtype: Optional[str]  # None: fp16 on a GPU, fp32 on the CPU
-    loras: tuple[tuple[str, float], ...] = ()
-
-    def load(self, device: torch.device):
-        from . import catalog, lora
-        from .loading import load_for
-
-        ckpt = self.ckpt or catalog.download(catalog.DEFAULT, self.models_dir)
-        dtype = compute_dtype(self.dtype, device)
-        model = load_for(ckpt, dtype)
-        lora.merge_specs(model, [lora.LoraSpec(Path(p), s) for p, s in self.loras])
-        return model.to(device)
-
-
-def compute_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
-    from .loading import WEIGHT_DTYPES
-
-    return WEIGHT_DTYPES[name or ("fp16" if device.type == "cuda" else "fp32")]
-
-
 class Renderer:
     """The Ray actor: a model on this worker's device."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: batch.ModelSpec):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = compute_dtype(spec.dtype, self.device)
+        self.dtype = spec.compute_dtype(self.device)
         self.model = spec.load(self.device)
 
     def pid(self) -> int:
@@ -85,7 +58,7 @@ def run_ray(
     shots: list[batch.Shot],
     out: str | Path,
     shared: batch.RenderSettings,
-    spec: ModelSpec,
+    spec: batch.ModelSpec,
     address: Optional[str] = None,
     workers: Optional[int] = None,
     cpus_per_worker: int = 1,

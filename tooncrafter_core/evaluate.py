@@ -27,7 +27,7 @@ from . import catalog, frames, lora
 from .config import RuntimeOptions, SamplingConfig
 from .loading import WEIGHT_DTYPES, load_for
 from .pipeline import ToonCrafter, interpolate
-from .runtime import usable_device
+from .runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ FRAME_NAMES = ("frame1", "frame2", "frame3")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CSV_COLUMNS = ("triplet", "psnr", "ssim", "lpips")
 UNAVAILABLE = "unavailable"
-COMPUTE_DTYPES = ("fp32", "fp16", "bf16")
 # |generated - truth| is scaled by this in the strips: errors of a few levels would look black.
 DIFF_GAIN = 4
 SUMMARY_WORST = 5
@@ -517,7 +516,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--triplets", type=Path, help="folder of triplet folders (with --compare: where the runs' triplets are now)")
     e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument(
-        "--dtype", nargs="+", choices=COMPUTE_DTYPES,
+        "--dtype", nargs="+", choices=list(COMPUTE_DTYPES),
         help="compute dtype(s); several give one run each (default fp16 on CUDA, fp32 on CPU)",
     )
     lora.add_argument(e)
@@ -555,7 +554,7 @@ def run(args: argparse.Namespace) -> Path:
     triplets = find_triplets(args.triplets)
     _image_metrics()
     device = usable_device(args.device)
-    runs = plan_runs(args.dtype or ["fp16" if device.type == "cuda" else "fp32"], args.lora, args.lora_strengths)
+    runs = plan_runs(args.dtype or [compute_dtype_name(None, device)], args.lora, args.lora_strengths)
     ckpt = args.ckpt if args.ckpt is not None else catalog.download(catalog.DEFAULT, args.models_dir)
     lpips_metric = LpipsMetric()
     log.info(

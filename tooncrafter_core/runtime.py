@@ -16,6 +16,14 @@ log = logging.getLogger(__name__)
 
 _PREPARED = "_tooncrafter_runtime"
 
+# The compute dtypes hosts offer by name.
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compute_dtype_name(name: str | None, device: torch.device) -> str:
+    """`name`, or the default for `device`: fp16 on CUDA, fp32 elsewhere."""
+    return name or ("fp16" if device.type == "cuda" else "fp32")
+
 
 def to_channels_last(module: nn.Module) -> None:
     """Convolution weights in channels-last layout, in place (4-D and 5-D weights)."""
