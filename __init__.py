@@ -5,7 +5,7 @@ from typing_extensions import override
 from comfy_api.latest import ComfyExtension, io
 
 from .nodes import NODES
-from .nodes.model import install_example_keyframes, register_folder
+from .nodes.managed_model import install_example_keyframes, register_folder
 
 # At import, before any schema lists the folder's files.
 register_folder()

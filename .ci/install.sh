@@ -21,7 +21,7 @@ grep -viE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#[]|$)
 "${pip[@]}" -c "$tmp/constraints.txt" \
     -r "$repo/requirements.txt" \
     -r "$tmp/comfyui-requirements.txt" \
-    requests pytest playwright \
+    requests pytest playwright "import-linter>=2.17" \
     "scikit-image>=0.22" "lpips>=0.1.4" "ray[default]>=2.9"
 
 if [ ! -x /usr/bin/chromium ]; then

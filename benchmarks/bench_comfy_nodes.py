@@ -47,10 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def make_checkpoint(folder: Path) -> str:
     """A random full-size fp16 checkpoint in the released key layout (built on the GPU)."""
+    from bench_interpolate import build_model
     from safetensors.torch import save_file
 
-    from bench_interpolate import build_model
-    from tooncrafter_core.config import ModelConfig
+    from tooncrafter_core.models.config import ModelConfig
 
     name = "tooncrafter_random-fp16.safetensors"
     path = folder / name

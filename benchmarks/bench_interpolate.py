@@ -42,14 +42,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tooncrafter_core import conditioning  # noqa: E402
-from tooncrafter_core.config import ModelConfig, RuntimeOptions, SamplingConfig, from_original_yaml  # noqa: E402
-from tooncrafter_core.loading import FP8_DTYPES, UNET_PREFIX, WEIGHT_DTYPES, unet_matrix_keys  # noqa: E402
-from tooncrafter_core.ops import CastWeights  # noqa: E402
-from tooncrafter_core.runtime import prepare  # noqa: E402
+from tooncrafter_core.models import encoders as tc_encoders  # noqa: E402
+from tooncrafter_core.models.config import ModelConfig, from_original_yaml  # noqa: E402
+from tooncrafter_core.models.ops import CastWeights  # noqa: E402
+from tooncrafter_core.models.tooncrafter import ToonCrafter  # noqa: E402
 from tooncrafter_core.pipeline import (  # noqa: E402
     Conditioning,
-    ToonCrafter,
     contexts,
     decode,
     encode_keyframes,
@@ -57,6 +55,9 @@ from tooncrafter_core.pipeline import (  # noqa: E402
     interpolate,
     sample,
 )
+from tooncrafter_core.runtime import prepare  # noqa: E402
+from tooncrafter_core.settings import RuntimeOptions, SamplingConfig  # noqa: E402
+from tooncrafter_core.weights.checkpoint import FP8_DTYPES, UNET_PREFIX, WEIGHT_DTYPES, unet_matrix_keys  # noqa: E402
 
 log = logging.getLogger("bench_interpolate")
 
@@ -182,7 +183,7 @@ COMPONENTS = {
 def ensure_tokenizer() -> str:
     """open_clip's tokenizer if it imports; else a deterministic stand-in (timing only, warned)."""
     try:
-        conditioning.tokenize(["probe"])
+        tc_encoders.tokenize(["probe"])
 
         return "open_clip"
     except Exception as e:  # ImportError, or a broken optional dependency inside open_clip
@@ -195,7 +196,7 @@ def ensure_tokenizer() -> str:
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
-    conditioning.tokenize = stand_in
+    tc_encoders.tokenize = stand_in
     return "stand-in"
 
 

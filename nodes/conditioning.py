@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.pipeline import InputError, join_context, size_multiple
-from . import model as tc_model
+from . import managed_model as tc_model
 from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, ToonCrafterModelType
 
 

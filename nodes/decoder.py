@@ -2,9 +2,9 @@
 
 from comfy_api.latest import io
 
-from ..tooncrafter_core.config import DECODE_OVERLAP
+from ..tooncrafter_core.models.config import DECODE_OVERLAP
 from ..tooncrafter_core.pipeline import InputError
-from . import model as tc_model
+from . import managed_model as tc_model
 from .types import CATEGORY, KEYFRAMES_KEY, ToonCrafterModelType
 
 

@@ -2,8 +2,8 @@
 
 from comfy_api.latest import io
 
-from ..tooncrafter_core import catalog
-from . import model as tc_model
+from ..tooncrafter_core.weights import catalog
+from . import managed_model as tc_model
 from .types import CATEGORY, ToonCrafterModelType
 
 

@@ -3,7 +3,7 @@
 import folder_paths
 from comfy_api.latest import io
 
-from . import model as tc_model
+from . import managed_model as tc_model
 from .types import CATEGORY, ToonCrafterModelType
 
 

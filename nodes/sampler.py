@@ -6,9 +6,9 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..tooncrafter_core.config import SamplingConfig
 from ..tooncrafter_core.pipeline import Conditioning, InputError
-from . import model as tc_model
+from ..tooncrafter_core.settings import SamplingConfig
+from . import managed_model as tc_model
 from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, ToonCrafterModelType
 
 

@@ -2,10 +2,10 @@
 
 from comfy_api.latest import io
 
-from ..tooncrafter_core import catalog
 from ..tooncrafter_core import frames as tc_frames
-from ..tooncrafter_core.sketch import DEFAULT_SCALE
-from . import model as tc_model
+from ..tooncrafter_core.sketches import DEFAULT_SCALE
+from ..tooncrafter_core.weights import catalog
+from . import managed_model as tc_model
 from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, SketchEncoderType
 
 
@@ -59,8 +59,9 @@ class ToonCrafterApplySketch(io.ComfyNode):
                                "nothing is drawn), or only the drawn ones with frame_indices"),
                 io.String.Input("frame_indices", default="",
                                 tooltip="Which frame each sketch is for, e.g. '5, 10' (frames count from 0, keyframes "
-                                "included); empty: the sketches are every frame in order. Frames without a sketch are "
-                                "left to the model"),
+                                "included); empty: the sketches are every frame in order. Frames without a sketch get "
+                                "an empty one, which still goes through the sketch encoder and steers them too (as "
+                                "in the reference)"),
                 io.Float.Input("strength", default=DEFAULT_SCALE, min=0.0, max=2.0, step=0.05,
                                tooltip="How strongly the sketches steer: 0 = not at all (the unguided result exactly); "
                                "0.6 as the reference app"),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from helpers import REPO, SHARED
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ IN_PROCESS_PRELUDE = textwrap.dedent(
     pack = importlib.util.module_from_spec(spec)
     sys.modules["tc_pack"] = pack
     spec.loader.exec_module(pack)
-    from tc_pack.nodes import model as tc_model
+    from tc_pack.nodes import managed_model as tc_model
 
     folder = Path(tempfile.mkdtemp())
     for src, dst in (("model.safetensors", "tiny.safetensors"), ("config.yaml", "tiny.yaml"), ("TC-Tiny.json", "TC-Tiny.json")):

@@ -1,7 +1,6 @@
 """Shared fixtures. ComfyUI ones start one real server (and one browser) per test session."""
 
 import pytest
-
 from comfy_harness import ComfyServer, FrontendSession
 from helpers import TINY_LORA, TINY_SKETCH_ENCODER, tiny_checkpoint, tiny_lora, tiny_sketch_encoder
 

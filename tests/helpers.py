@@ -50,8 +50,8 @@ def tiny_checkpoint(folder: Path, stem: str = "tiny", case: Path = TINY) -> Path
 def full_size_unet_uninitialised():
     """The released UNet architecture (1.44 B parameters) on the CPU, built on meta and given
     uninitialised fp32 storage: the caller fills it (random weights for full-size checks)."""
-    from tooncrafter_core.config import ModelConfig
-    from tooncrafter_core.unet import UNetModel
+    from tooncrafter_core.models.config import ModelConfig
+    from tooncrafter_core.models.unet import UNetModel
 
     with torch.device("meta"):
         unet = UNetModel(ModelConfig().unet)

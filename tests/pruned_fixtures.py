@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from tooncrafter_core.config import (
+from tooncrafter_core.models.config import (
     ModelConfig,
     ResamplerConfig,
     TextEncoderConfig,
@@ -34,8 +34,8 @@ from tooncrafter_core.config import (
     VAEConfig,
     VisionEncoderConfig,
 )
-from tooncrafter_core.pipeline import ToonCrafter
-from tooncrafter_core.schedule import Schedule
+from tooncrafter_core.models.schedule import Schedule
+from tooncrafter_core.models.tooncrafter import ToonCrafter
 
 log = logging.getLogger(__name__)
 

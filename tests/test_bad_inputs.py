@@ -16,17 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, tiny_checkpoint
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from helpers import REPO, tiny_checkpoint
 from tooncrafter_core import frames as tc_frames
 from tooncrafter_core import pipeline
 from tooncrafter_core.__main__ import main
-from tooncrafter_core.config import RuntimeOptions, SamplingConfig
-from tooncrafter_core.loading import CheckpointError, load_model
+from tooncrafter_core.models.unet import UNetModel
 from tooncrafter_core.pipeline import InputError, interpolate
-from tooncrafter_core.unet import UNetModel
+from tooncrafter_core.settings import RuntimeOptions, SamplingConfig
+from tooncrafter_core.weights.checkpoint import CheckpointError, load_model
 
 PROMPT_500_WORDS = " ".join((["a", "red", "ball", "bounces", "over", "the", "green", "hill"] * 63)[:500])
 STAGES = ["text encoder", "image encoder", "resampler", "vae encode", "unet (second step)", "decode (second pass)",
@@ -207,6 +207,45 @@ def test_steps_out_of_range_is_refused_before_loading(caplog, ckpt, keyframes, s
     assert "the original uses 50" in message
     assert not any("loaded" in r.getMessage() for r in caplog.records)  # refused before the checkpoint load
     SamplingConfig(steps=1000)  # the largest valid count
+
+
+@pytest.mark.parametrize("fs", ["0", "-3"])
+def test_frame_stride_below_1_is_refused_before_loading(caplog, ckpt, keyframes, fs):
+    message = _user_error(caplog, "--fs", fs, ckpt=ckpt, keyframes=keyframes)
+    assert message.startswith(f"error: the frame stride (fs) must be at least 1, got {fs}")
+    assert "the original uses 10" in message
+    assert not any("loaded" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="frame stride"):
+        SamplingConfig(fs=0)
+    SamplingConfig(fs=1)  # the smallest valid stride
+
+
+@pytest.mark.parametrize("verb", ["interpolate", "batch", "evaluate"])
+def test_out_naming_an_existing_file_is_one_line_before_any_work(caplog, ckpt, keyframes, tmp_path, verb):
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"not a folder")
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text('{"id": "a", "start": "s.png", "end": "e.png"}\n')
+    argv = {
+        "interpolate": ["interpolate", "--ckpt", str(ckpt), "--start", str(keyframes[0]), "--end", str(keyframes[1])],
+        "batch": ["batch", str(shots), "--ckpt", str(ckpt)],
+        "evaluate": ["evaluate", "--ckpt", str(ckpt), "--triplets", str(tmp_path)],
+    }[verb]
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        code = main([*argv, "--out", str(taken)])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert code == 2 and errors == [f"error: --out {taken} is a file, not a folder: give a folder (it is created if missing)"]
+    assert taken.read_bytes() == b"not a folder"  # nothing written over it
+    assert not any("loaded" in r.getMessage() for r in caplog.records)
+
+
+def test_sketch_help_says_frames_without_a_sketch_are_still_steered(capsys):
+    with pytest.raises(SystemExit):
+        main(["interpolate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "left free" not in help_text
+    assert "frames without one get an empty sketch, which still goes through the encoder and steers them too" in help_text
 
 
 @pytest.mark.parametrize("cfg,batch", [("1", 1), ("7.5", 2)])

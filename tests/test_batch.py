@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_checkpoint
 from PIL import Image
 
-from helpers import tiny_checkpoint
-from tooncrafter_core import batch
 from tooncrafter_core.__main__ import main
+from tooncrafter_core.commands import shots as shot_list
 
 COMMON = {"steps": 2, "width": 64, "height": 64}
 
@@ -98,23 +98,24 @@ def test_a_rerun_renders_nothing_and_a_deleted_shot_json_renders_that_shot_only(
     folder, shots, _ = local_run
     out = folder / "out"
     stamps = {s: (out / s / "frame_000.png").stat().st_mtime_ns for s in ("pair", "seq", "loop")}
-    shared = batch.RenderSettings(ckpt.name, "auto")
+    shared = shot_list.RenderSettings(ckpt.name, "auto")
     loads = []
 
     def load():
-        from tooncrafter_core.loading import load_model
         import torch
+
+        from tooncrafter_core.weights.checkpoint import load_model
 
         loads.append(1)
         return load_model(ckpt, dtype=torch.float32)
 
     import torch
 
-    report = batch.run_local(batch.read_shots(shots), out, shared, load, torch.device("cpu"), torch.float32)
+    report = shot_list.run_local(shot_list.read_shots(shots), out, shared, load, torch.device("cpu"), torch.float32)
     assert report.done == [] and report.skipped == ["pair", "seq", "loop"] and report.failed == ["broken"]
     assert loads == []  # nothing to render: the model is never loaded
     (out / "seq" / "shot.json").unlink()
-    report = batch.run_local(batch.read_shots(shots), out, shared, load, torch.device("cpu"), torch.float32)
+    report = shot_list.run_local(shot_list.read_shots(shots), out, shared, load, torch.device("cpu"), torch.float32)
     assert report.done == ["seq"] and report.skipped == ["pair", "loop"]
     assert {s: (out / s / "frame_000.png").stat().st_mtime_ns for s in ("pair", "loop")} == {
         s: stamps[s] for s in ("pair", "loop")}
@@ -124,7 +125,7 @@ def test_a_rerun_renders_nothing_and_a_deleted_shot_json_renders_that_shot_only(
     first["seed"] = 50
     changed = shots.with_name("changed.jsonl")
     changed.write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
-    report = batch.run_local(batch.read_shots(changed), out, shared, load, torch.device("cpu"), torch.float32)
+    report = shot_list.run_local(shot_list.read_shots(changed), out, shared, load, torch.device("cpu"), torch.float32)
     assert report.done == ["pair"]
 
 
@@ -140,8 +141,8 @@ def test_bad_lines_are_all_reported_with_their_numbers_before_anything_runs(tmp_
     ]
     shots = tmp_path / "shots.jsonl"
     shots.write_text("\n".join(lines) + "\n")
-    with pytest.raises(batch.BatchError) as e:
-        batch.read_shots(shots)
+    with pytest.raises(shot_list.BatchError) as e:
+        shot_list.read_shots(shots)
     message = str(e.value)
     for fragment in ("6 bad line(s)", "line 2: needs two or more keyframes", "line 3: not valid JSON",
                      "line 4: id 'ok' is also on line 1", "line 5: unknown field(s) colour",
@@ -158,13 +159,13 @@ def test_csv_shot_lists_read_like_jsonl(tmp_path):
         "b,k1.png;k0.png,,,2,yes\n"
         "c,k1.png;k0.png,,,x,\n"
     )
-    with pytest.raises(batch.BatchError, match=r"line 4: .*steps must be int"):
-        batch.read_shots(tmp_path / "s.csv")
+    with pytest.raises(shot_list.BatchError, match=r"line 4: .*steps must be int"):
+        shot_list.read_shots(tmp_path / "s.csv")
     (tmp_path / "s.csv").write_text("\n".join((tmp_path / "s.csv").read_text().splitlines()[:3]) + "\n")
-    a, b = batch.read_shots(tmp_path / "s.csv")
+    a, b = shot_list.read_shots(tmp_path / "s.csv")
     assert a.keyframes == tuple(tmp_path / k for k in ("k0.png", "k1.png", "k2.png")) and a.seed == 3
     assert a.settings == {"steps": 4, "loop": False} and a.prompts == ("a ball",)
-    assert b.seed == batch.DEFAULT_SEED and b.setting("loop") is True and b.line == 3
+    assert b.seed == shot_list.DEFAULT_SEED and b.setting("loop") is True and b.line == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,17 +175,17 @@ def test_csv_shot_lists_read_like_jsonl(tmp_path):
 def test_a_local_ray_cluster_gives_the_same_frames_and_survives_a_killed_worker(ckpt, tmp_path):
     import torch
 
-    from tooncrafter_core.cluster import run_ray
-    from tooncrafter_core.loading import load_model
+    from tooncrafter_core.commands.cluster import run_ray
+    from tooncrafter_core.weights.checkpoint import load_model
 
-    shots = batch.read_shots(_shots(tmp_path / "list", with_missing=False))
-    shared = batch.RenderSettings(ckpt.name, "fp32")
+    shots = shot_list.read_shots(_shots(tmp_path / "list", with_missing=False))
+    shared = shot_list.RenderSettings(ckpt.name, "fp32")
     # A Ray worker with one CPU computes with one thread; the local reference does too, since the
     # order of oneDNN's reductions (and so a rare pixel's last level) depends on the thread count.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        local = batch.run_local(shots, tmp_path / "local", shared, lambda: load_model(ckpt, dtype=torch.float32),
+        local = shot_list.run_local(shots, tmp_path / "local", shared, lambda: load_model(ckpt, dtype=torch.float32),
                                 torch.device("cpu"), torch.float32)
     finally:
         torch.set_num_threads(threads)
@@ -198,7 +199,7 @@ def test_a_local_ray_cluster_gives_the_same_frames_and_survives_a_killed_worker(
             killed.append((pid, shot_id))
             os.kill(pid, signal.SIGKILL)
 
-    spec = batch.ModelSpec(str(ckpt), str(tmp_path), "fp32")
+    spec = shot_list.ModelSpec(str(ckpt), str(tmp_path), "fp32")
     report = run_ray(shots, tmp_path / "ray", shared, spec, workers=2, on_dispatch=kill_first)
     assert sorted(report.done) == ["loop", "pair", "pair2", "seq"] and report.failed == []
     assert killed and report.retried == [killed[0][1]]  # the shot it was rendering was handed out again

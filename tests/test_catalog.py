@@ -6,7 +6,7 @@ import time
 import pytest
 
 from tooncrafter_core import __main__ as cli
-from tooncrafter_core import catalog
+from tooncrafter_core.weights import catalog
 
 
 def _offline(*args, **kwargs):

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from safetensors.torch import save_file
-
 from comfy_harness import ComfyError, in_process_script
 from helpers import REPO, TINY, tiny_checkpoint
+from PIL import Image
+from safetensors.torch import save_file
 from test_comfy_nodes import _saved_images, _seed_prompt
 
 SEED = 2024
@@ -183,9 +182,9 @@ def test_steps_out_of_range_are_refused_by_validation(comfy_server, steps, kind)
 
 def test_cfg_1_runs_and_matches_the_core_without_the_negative_pass(comfy_server, base, tmp_path):
     from tooncrafter_core import frames as tc_frames
-    from tooncrafter_core.config import SamplingConfig
-    from tooncrafter_core.loading import load_model
     from tooncrafter_core.pipeline import interpolate
+    from tooncrafter_core.settings import SamplingConfig
+    from tooncrafter_core.weights.checkpoint import load_model
 
     prompt = _seed_prompt(SEED)
     prompt["5"]["inputs"]["cfg"] = 1.0

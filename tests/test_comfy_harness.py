@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from comfy_harness import (
     PACK_NAME,
     ComfyError,
@@ -17,6 +15,7 @@ from comfy_harness import (
     widget_value_names,
     workflow_to_api,
 )
+from PIL import Image
 
 # object_info entries as ComfyUI 0.3.64 serves them: V1 nodes use a list for combos, V3 nodes
 # (comfy_api) use ["COMBO", {"options": [...]}]; both carry input_order.

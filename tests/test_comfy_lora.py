@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from helpers import TINY_LORA, tiny_checkpoint
 from test_comfy_nodes import _core_frames, _saved_images, _seed_prompt
 
@@ -33,7 +32,7 @@ def test_lora_node_applies_and_bypassing_it_gives_the_base_frames_again(comfy_se
     assert np.abs(lora - base).max() > 0.05  # the LoRA really changes the frames
     # The same LoRA merged by the core: the same frames (ComfyUI rounds the patched weights back
     # to the file's fp16, as a merge into the fp16 weights does).
-    from tooncrafter_core.lora import LoraSpec
+    from tooncrafter_core.weights.lora import LoraSpec
 
     core = _core_frames(tiny_checkpoint(tmp_path), seed=11, lora=[LoraSpec(lora_dir, 1.0)])
     assert np.abs(lora - core).max() <= 1.5 / 255
@@ -70,8 +69,8 @@ def test_a_lora_for_another_model_is_refused_with_its_keys(comfy_server):
 
 
 def test_loader_reads_a_converted_checkpoint_with_the_lora_merged_in(comfy_server, tmp_path):
-    from tooncrafter_core.convert import convert
-    from tooncrafter_core.lora import LoraSpec
+    from tooncrafter_core.weights.convert import convert
+    from tooncrafter_core.weights.lora import LoraSpec
 
     lora_file = comfy_server.models_dir / "loras" / TINY_LORA
     merged = comfy_server.tooncrafter_models_dir / "tooncrafter_tiny_merged.safetensors"

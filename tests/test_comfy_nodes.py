@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from comfy_harness import PACK_NAME, pack_import_errors, pack_node_types, workflow_to_api
 from helpers import REPO, TINY_SKETCH_ENCODER, tiny_checkpoint
+from PIL import Image
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 TINY_CKPT = "tooncrafter_tiny.safetensors"
@@ -183,10 +182,10 @@ def _core_frames(ckpt: Path, seed: int, lora=(), **load_options) -> np.ndarray:
     """What the core's `interpolate` draws for `_seed_prompt(seed)`, (t h w c) in [0, 1]; `lora`
     (LoraSpecs) merged into the weights."""
     from tooncrafter_core import frames as tc_frames
-    from tooncrafter_core.config import SamplingConfig
-    from tooncrafter_core.loading import load_model
-    from tooncrafter_core.lora import merge_specs
     from tooncrafter_core.pipeline import interpolate
+    from tooncrafter_core.settings import SamplingConfig
+    from tooncrafter_core.weights.checkpoint import load_model
+    from tooncrafter_core.weights.lora import merge_specs
 
     if lora:
         # ComfyUI keeps the file's fp16 weights and patches them: merge into fp16, compute in fp32.

@@ -5,7 +5,6 @@ test_comfy_nodes.py with the others.)"""
 from __future__ import annotations
 
 import numpy as np
-
 from test_comfy_nodes import _saved_images, _seed_prompt
 
 NAMES = ("tooncrafter_start.png", "tooncrafter_middle.png", "tooncrafter_end.png")

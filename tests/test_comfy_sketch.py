@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from helpers import REPO, TINY_SKETCH_ENCODER, tiny_checkpoint, tiny_sketch_encoder
 from test_comfy_nodes import _saved_images, _seed_prompt
 
@@ -29,18 +28,19 @@ def _sketch_prompt(seed: int, strength: float, indices: str = "1, 2") -> dict:
 
 def _core_frames(tmp_path, seed: int, strength: float) -> np.ndarray:
     from tooncrafter_core import frames as tc_frames
-    from tooncrafter_core import sketch
-    from tooncrafter_core.config import SamplingConfig
-    from tooncrafter_core.loading import load_model
+    from tooncrafter_core import sketches
     from tooncrafter_core.pipeline import interpolate
+    from tooncrafter_core.settings import SamplingConfig
+    from tooncrafter_core.weights.checkpoint import load_model
+    from tooncrafter_core.weights.sketch_encoder import load_sketch_encoder
 
     model = load_model(tiny_checkpoint(tmp_path), dtype=torch.float32)
-    encoder = sketch.load_sketch_encoder(tiny_sketch_encoder(tmp_path / "enc.safetensors"), torch.float32)
+    encoder = load_sketch_encoder(tiny_sketch_encoder(tmp_path / "enc.safetensors"), torch.float32)
     keyframes = REPO / "workflows" / "keyframes"
     start, end = (tc_frames.to_model(tc_frames.fit(tc_frames.load_image(keyframes / n), 64, 64, "crop"))
                   for n in ("tooncrafter_start.png", "tooncrafter_end.png"))
-    hints = torch.cat([sketch.sketch_hint(tc_frames.load_image(keyframes / n), 64, 64, "crop") for n in SKETCHES], dim=2)
-    guide = sketch.SketchGuide(encoder, sketch.place_sketches(hints, [1, 2], 4), strength)
+    hints = torch.cat([sketches.sketch_hint(tc_frames.load_image(keyframes / n), 64, 64, "crop") for n in SKETCHES], dim=2)
+    guide = sketches.SketchGuide(encoder, sketches.place_sketches(hints, [1, 2], 4), strength)
     video = interpolate(model, start, end, "a ball jumps", SamplingConfig(steps=3),
                         generator=torch.Generator().manual_seed(seed), sketch=guide)
     return tc_frames.from_model(video[0]).permute(1, 2, 3, 0).numpy()
@@ -65,3 +65,10 @@ def test_bad_frame_indices_are_named(comfy_server):
         errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
         assert errors and message in errors[0]["exception_message"], indices
         assert "frame_indices" in errors[0]["exception_message"]
+
+
+def test_apply_sketch_tooltip_says_frames_without_a_sketch_are_still_steered(comfy_server):
+    spec = comfy_server.object_info("ToonCrafterApplySketch")["ToonCrafterApplySketch"]["input"]["required"]
+    tooltip = spec["frame_indices"][1]["tooltip"]
+    assert "left to the model" not in tooltip
+    assert "get an empty one, which still goes through the sketch encoder and steers them too" in tooltip

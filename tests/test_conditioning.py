@@ -1,11 +1,10 @@
 """CLIP preprocessing against kornia (test-only dependency; the core never imports it)."""
 
+import kornia  # noqa: E402
 import pytest
 import torch
 
-import kornia  # noqa: E402
-
-from tooncrafter_core.conditioning import resize_antialiased  # noqa: E402
+from tooncrafter_core.models.encoders import resize_antialiased  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [(320, 512), (64, 64), (32, 64), (224, 224), (500, 300)])
@@ -22,10 +21,10 @@ def test_our_openclip_towers_match_open_clip(tmp_path, quick_gelu):
     import json
 
     import open_clip
-
     from helpers import TINY
-    from tooncrafter_core.conditioning import TextTower, VisionTower
-    from tooncrafter_core.config import _openclip_arch
+
+    from tooncrafter_core.models.config import _openclip_arch
+    from tooncrafter_core.models.encoders import TextTower, VisionTower
 
     arch = json.loads((TINY / "TC-Tiny.json").read_text())
     arch["quick_gelu"] = quick_gelu

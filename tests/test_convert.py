@@ -7,18 +7,18 @@ import json
 
 import pytest
 import torch
+from helpers import gradient_keyframes, random_lora, reference_cases, save_peft_lora, tiny_checkpoint
 from PIL import Image
 from safetensors import safe_open
 
-from helpers import gradient_keyframes, random_lora, reference_cases, save_peft_lora, tiny_checkpoint
 from tooncrafter_core.__main__ import main
-from tooncrafter_core.config import RuntimeOptions, SamplingConfig
-from tooncrafter_core.convert import KEEP_FP32, convert
-from tooncrafter_core.loading import TEXT_PREFIX, UNET_PREFIX, VISION_PREFIX, load_model, read_state_dict
-from tooncrafter_core.lora import LoraSpec, merge_specs
+from tooncrafter_core.commands.replay import compare, run_case
 from tooncrafter_core.pipeline import interpolate
-from tooncrafter_core.replay import compare, run_case
 from tooncrafter_core.sampling import SamplingOverflowError
+from tooncrafter_core.settings import RuntimeOptions, SamplingConfig
+from tooncrafter_core.weights.checkpoint import TEXT_PREFIX, UNET_PREFIX, VISION_PREFIX, load_model, read_state_dict
+from tooncrafter_core.weights.convert import KEEP_FP32, convert
+from tooncrafter_core.weights.lora import LoraSpec, merge_specs
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -133,7 +133,7 @@ def test_an_injected_overflow_stops_sampling_with_the_fix(ckpt):
 
 
 def test_cli_names_the_dtype_option_on_overflow(ckpt, tmp_path, caplog, monkeypatch):
-    import tooncrafter_core.__main__ as cli
+    import tooncrafter_core.commands.interpolate as cli
 
     for name, color in (("a.png", (250, 40, 40)), ("b.png", (40, 40, 250))):
         Image.new("RGB", (64, 64), color).save(tmp_path / name)
@@ -146,9 +146,9 @@ def test_cli_names_the_dtype_option_on_overflow(ckpt, tmp_path, caplog, monkeypa
 
 
 def test_overflow_is_checked_every_few_steps_and_at_the_last():
+    from tooncrafter_core.models.config import ScheduleConfig
+    from tooncrafter_core.models.schedule import Schedule
     from tooncrafter_core.sampling import FINITE_CHECK_EVERY, VDenoiser, ddim_plan, sample_ddim
-    from tooncrafter_core.schedule import Schedule
-    from tooncrafter_core.config import ScheduleConfig
 
     schedule = Schedule.from_config(ScheduleConfig())
     plan = ddim_plan(schedule, 8, "uniform_trailing", 0.0)

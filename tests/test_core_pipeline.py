@@ -6,16 +6,16 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, gradient_keyframes, tiny_checkpoint
 from PIL import Image
 
-from helpers import REPO, gradient_keyframes, tiny_checkpoint
 from tooncrafter_core import frames
-from tooncrafter_core.config import SamplingConfig
-from tooncrafter_core.loading import load_model
+from tooncrafter_core.models.config import ScheduleConfig
+from tooncrafter_core.models.schedule import Schedule
 from tooncrafter_core.pipeline import InputError, interpolate
 from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps, ddim_update
-from tooncrafter_core.schedule import Schedule
-from tooncrafter_core.config import ScheduleConfig
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.weights.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +211,8 @@ def test_decode_chunking_is_exact_with_one_chunk(tiny_model):
 def test_core_imports_no_host_or_heavy_framework():
     code = (
         "import sys, pkgutil, importlib, tooncrafter_core\n"
-        "for m in pkgutil.iter_modules(tooncrafter_core.__path__):\n"
-        "    importlib.import_module('tooncrafter_core.' + m.name)\n"
+        "for m in pkgutil.walk_packages(tooncrafter_core.__path__, 'tooncrafter_core.'):\n"
+        "    importlib.import_module(m.name)\n"
         "bad = [n for n in ('comfy', 'comfy_api', 'folder_paths', 'nodes', 'pytorch_lightning', 'lightning', 'xformers', 'kornia', 'diffusers')\n"
         "       if n in sys.modules]\n"
         "print(','.join(bad))\n"

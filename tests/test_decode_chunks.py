@@ -15,16 +15,16 @@ import textwrap
 
 import pytest
 import torch
+from comfy_harness import COMFYUI_SOURCE
+from helpers import REFERENCE, REPO, tiny_checkpoint
 from safetensors.torch import load_file
 from torch import nn
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from comfy_harness import COMFYUI_SOURCE
-from helpers import REFERENCE, REPO, tiny_checkpoint
-from tooncrafter_core.config import DECODE_OVERLAP, ModelConfig
-from tooncrafter_core.loading import load_model
-from tooncrafter_core.vae import AutoencoderKLDualRef, auto_decode_chunk, decode_memory_bytes, decode_windows
+from tooncrafter_core.models.config import DECODE_OVERLAP, ModelConfig
+from tooncrafter_core.models.vae import AutoencoderKLDualRef, auto_decode_chunk, decode_memory_bytes, decode_windows
+from tooncrafter_core.weights.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,11 @@ NODE_SCRIPT = textwrap.dedent(
     pack = importlib.util.module_from_spec(spec)
     sys.modules["tc_pack"] = pack
     spec.loader.exec_module(pack)
-    from tc_pack.nodes import model as tc_model
+    from tc_pack.nodes import managed_model as tc_model
     from tc_pack.nodes.decoder import ToonCrafterDecode
     from tc_pack.nodes.types import KEYFRAMES_KEY
     from tc_pack.tooncrafter_core import frames, pipeline
-    from tc_pack.tooncrafter_core.vae import decode_memory_bytes
+    from tc_pack.tooncrafter_core.models.vae import decode_memory_bytes
 
     case = Path({case!r})
     folder = Path(tempfile.mkdtemp())
@@ -236,8 +236,8 @@ NODE_SCRIPT = textwrap.dedent(
     class Collect(logging.Handler):
         def emit(self, record):
             messages.append(record.getMessage())
-    logging.getLogger("tc_pack.nodes.model").addHandler(Collect())
-    logging.getLogger("tc_pack.nodes.model").setLevel(logging.INFO)
+    logging.getLogger("tc_pack.nodes.managed_model").addHandler(Collect())
+    logging.getLogger("tc_pack.nodes.managed_model").setLevel(logging.INFO)
 
     def node_frames():
         return ToonCrafterDecode.execute(handle, latent, 0, True).result[0]

@@ -13,15 +13,16 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 import torch
+from helpers import random_lora, save_peft_lora, tiny_checkpoint
 from PIL import Image, ImageDraw
 from skimage.metrics import structural_similarity
 
-from helpers import random_lora, save_peft_lora, tiny_checkpoint
-from tooncrafter_core import evaluate, frames
+from tooncrafter_core import frames
 from tooncrafter_core.__main__ import main
-from tooncrafter_core.config import SamplingConfig
-from tooncrafter_core.loading import UNET_PREFIX, load_for, read_state_dict
+from tooncrafter_core.commands import evaluate
 from tooncrafter_core.pipeline import interpolate
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.weights.checkpoint import UNET_PREFIX, load_for, read_state_dict
 
 SIZE = 64  # the tiny model's pixel size
 TINY_FRAMES = 4

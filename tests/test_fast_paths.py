@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import full_size_unet_uninitialised, tiny_checkpoint
+from helpers import relative_error as rel
 from torch import nn
 
-from helpers import full_size_unet_uninitialised, relative_error as rel, tiny_checkpoint
-from tooncrafter_core import ops
-from tooncrafter_core.attention import CrossAttention, FrameContext
-from tooncrafter_core.config import RuntimeOptions, SamplingConfig
-from tooncrafter_core.loading import load_model
+from tooncrafter_core.models import ops
+from tooncrafter_core.models.attention import CrossAttention, FrameContext
+from tooncrafter_core.models.unet import UNetModel
 from tooncrafter_core.pipeline import (
     contexts,
     encode_prompts,
@@ -23,7 +23,8 @@ from tooncrafter_core.pipeline import (
     unconditional_image_context,
 )
 from tooncrafter_core.runtime import prepare
-from tooncrafter_core.unet import UNetModel
+from tooncrafter_core.settings import RuntimeOptions, SamplingConfig
+from tooncrafter_core.weights.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, TINY, full_size_unet_uninitialised, gradient_keyframes, relative_error, tiny_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
-from helpers import REPO, TINY, full_size_unet_uninitialised, gradient_keyframes, relative_error, tiny_checkpoint
-from tooncrafter_core.config import ModelConfig, SamplingConfig
-from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
-from tooncrafter_core.ops import CastWeights
-from tooncrafter_core.pipeline import ToonCrafter, interpolate, unet_v
-from tooncrafter_core.unet import UNetModel
+from tooncrafter_core.models.config import ModelConfig
+from tooncrafter_core.models.ops import CastWeights
+from tooncrafter_core.models.tooncrafter import ToonCrafter
+from tooncrafter_core.models.unet import UNetModel
+from tooncrafter_core.pipeline import interpolate, unet_v
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.weights.checkpoint import UNET_PREFIX, load_model, load_state_into, read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,12 @@ import pickle
 
 import pytest
 import torch
+from helpers import TINY, manifest, tiny_checkpoint
 from safetensors.torch import load_file, save_file
 
-from helpers import TINY, manifest, tiny_checkpoint
-from tooncrafter_core.config import ModelConfig, from_original_yaml
-from tooncrafter_core.loading import (
+from tooncrafter_core.models.config import ModelConfig, from_original_yaml
+from tooncrafter_core.models.tooncrafter import ToonCrafter
+from tooncrafter_core.weights.checkpoint import (
     CHECKPOINT_ONLY_KEYS,
     CheckpointError,
     infer_config,
@@ -17,7 +18,6 @@ from tooncrafter_core.loading import (
     load_state_into,
     read_state_dict,
 )
-from tooncrafter_core.pipeline import ToonCrafter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 

@@ -9,12 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import (
+    attn2_modules,
+    gradient_keyframes,
+    random_lora,
+    relative_error,
+    save_kohya_lora,
+    save_peft_lora,
+    tiny_checkpoint,
+)
 from safetensors.torch import save_file
 
-from helpers import attn2_modules, gradient_keyframes, random_lora, relative_error, save_kohya_lora, save_peft_lora, tiny_checkpoint
-from tooncrafter_core.config import SamplingConfig
-from tooncrafter_core.loading import UNET_PREFIX, load_model, load_state_into, read_state_dict
-from tooncrafter_core.lora import (
+from tooncrafter_core.models.tooncrafter import ToonCrafter
+from tooncrafter_core.pipeline import interpolate
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.weights.checkpoint import UNET_PREFIX, load_model, load_state_into, read_state_dict
+from tooncrafter_core.weights.lora import (
     LoraError,
     LoraSpec,
     adaptable_shapes,
@@ -24,7 +34,6 @@ from tooncrafter_core.lora import (
     parse_spec,
     restore,
 )
-from tooncrafter_core.pipeline import ToonCrafter, interpolate
 
 RANK, ALPHA = 4, 8.0
 

@@ -2,11 +2,12 @@
 
 import json
 import re
-import tomllib
 
+import tomllib
 from helpers import REPO
 from test_comfy_nodes import DOCUMENTED
-from tooncrafter_core import catalog
+
+from tooncrafter_core.weights import catalog
 
 
 def test_pyproject_has_project_and_comfy_sections():

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
-
 from comfy_harness import COMFYUI_SOURCE
 from pruned_fixtures import (
     CLIP_VISION_NAME,
@@ -28,8 +26,10 @@ from pruned_fixtures import (
     vit_h_text_specs,
     vit_h_vision_specs,
 )
-from tooncrafter_core.loading import TEXT_PREFIX, VISION_PREFIX, load_model
+from safetensors import safe_open
+
 from tooncrafter_core.pipeline import check_vision_tokens, external_text_context, join_context, unet_v
+from tooncrafter_core.weights.checkpoint import TEXT_PREFIX, VISION_PREFIX, load_model
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,6 @@ def comfy_cpu():
         import comfy.clip_vision
         import comfy.model_management
         import comfy.sd
-        import folder_paths
     finally:
         sys.dont_write_bytecode = dont_write
     assert comfy.model_management.get_torch_device().type == "cpu"

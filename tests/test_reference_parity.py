@@ -5,10 +5,10 @@ import sys
 
 import pytest
 import torch
+from helpers import REPO, reference_cases
 from safetensors.torch import load_file
 
-from helpers import REPO, reference_cases
-from tooncrafter_core import replay
+from tooncrafter_core.commands import replay
 
 CASES = reference_cases()
 
@@ -21,7 +21,7 @@ def test_cases_are_found():
 def test_replay_cli_passes_compare(case, tmp_path):
     out = tmp_path / "ours.safetensors"
     proc = subprocess.run(
-        [sys.executable, "-m", "tooncrafter_core.replay", str(case), str(out), "--compare"],
+        [sys.executable, "-m", "tooncrafter_core", "replay", str(case), str(out), "--compare"],
         cwd=REPO,
         capture_output=True,
         text=True,

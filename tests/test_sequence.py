@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_checkpoint
 from PIL import Image
 
-from helpers import tiny_checkpoint
 from tooncrafter_core import pipeline
-from tooncrafter_core.config import SamplingConfig
-from tooncrafter_core.loading import load_model
 from tooncrafter_core.pipeline import InputError, interpolate, interpolate_sequence, sequence_length
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.weights.checkpoint import load_model
 
 SAMPLING = SamplingConfig(steps=2)
 

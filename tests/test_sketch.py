@@ -11,24 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REFERENCE, REPO, TINY, gradient_keyframes, relative_error, tiny_checkpoint
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
-from helpers import REFERENCE, REPO, TINY, gradient_keyframes, relative_error, tiny_checkpoint
-from tooncrafter_core import catalog
-from tooncrafter_core.config import SamplingConfig, from_original_yaml
-from tooncrafter_core.loading import CheckpointError, load_model
+from tooncrafter_core.models.config import from_original_yaml
+from tooncrafter_core.models.sketch_encoder import SketchEncoder, SketchEncoderConfig, controls
 from tooncrafter_core.pipeline import Conditioning, InputError, interpolate, sample
-from tooncrafter_core.sketch import (
-    SketchEncoder,
-    SketchEncoderConfig,
-    SketchGuide,
-    controls,
-    infer_config,
-    load_sketch_encoder,
-    place_sketches,
-    sketch_hint,
-)
+from tooncrafter_core.settings import SamplingConfig
+from tooncrafter_core.sketches import SketchGuide, place_sketches, sketch_hint
+from tooncrafter_core.weights import catalog
+from tooncrafter_core.weights.checkpoint import CheckpointError, load_model
+from tooncrafter_core.weights.sketch_encoder import infer_config, load_sketch_encoder
 
 DATA = REPO / "tests" / "data"
 SKETCH = DATA / "sketch_tiny"

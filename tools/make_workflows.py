@@ -244,7 +244,7 @@ WORKFLOWS = {
     "tooncrafter_sketch": (
         _sketch(),
         "Sketch guidance: two drawn sketches (dark lines on white) steer frames 5 and 10 of the 16; the other "
-        "frames are left to the model. The sketch encoder (728 MB) is downloaded into models/controlnet on first "
+        "frames get an empty sketch, which still goes through the encoder and steers them too, as in the reference. The sketch encoder (728 MB) is downloaded into models/controlnet on first "
         "run. Draw your own, list their frames in frame_indices, and set strength (0.6 as the reference app).",
     ),
 }

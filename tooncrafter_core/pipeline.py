@@ -14,63 +14,26 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 
-from .conditioning import ImageEncoder, Resampler, TextEncoder, clip_pixels, zero_image
-from .config import DECODE_OVERLAP, ModelConfig, RuntimeOptions, SamplingConfig, VisionEncoderConfig
-from .ops import Default
+from .models.config import DECODE_OVERLAP, ModelConfig, VisionEncoderConfig
+from .models.encoders import (
+    ImageEncoder,
+    Resampler,
+    TextEncoder,
+    clip_pixels,
+    zero_image,
+)
+from .models.schedule import Schedule
+from .models.sketch_encoder import HINT_DOWNSAMPLE, SketchEncoder, controls
+from .models.tooncrafter import ToonCrafter
+from .models.unet import UNetModel
+from .models.vae import AutoencoderKLDualRef
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
-from .schedule import Schedule
-from .sketch import HINT_DOWNSAMPLE, SketchEncoder, SketchGuide, controls
-from .unet import UNetModel
-from .vae import AutoencoderKLDualRef
+from .settings import RuntimeOptions, SamplingConfig
+from .sketches import SketchGuide
 
 log = logging.getLogger(__name__)
-
-
-class DiffusionWrapper(nn.Module):
-    """Keeps the checkpoint's `model.diffusion_model.` prefix."""
-
-    def __init__(self, unet: UNetModel):
-        super().__init__()
-        self.diffusion_model = unet
-
-
-class ToonCrafter(nn.Module):
-    """All components under their checkpoint names. Text/vision encoders are optional (pruned files).
-
-    `unet_operations` (default: `operations`) builds the UNet alone from other layers, e.g. casting
-    layers for UNet weights stored in fp8.
-    """
-
-    def __init__(
-        self,
-        config: ModelConfig,
-        text_encoder: bool = True,
-        image_encoder: bool = True,
-        dtype=None,
-        device=None,
-        operations=Default,
-        unet_operations=None,
-    ):
-        super().__init__()
-        kw = dict(dtype=dtype, device=device, operations=operations)
-        self.config = config
-        self.model = DiffusionWrapper(UNetModel(config.unet, dtype=dtype, device=device, operations=unet_operations or operations))
-        self.first_stage_model = AutoencoderKLDualRef(config.vae, **kw)
-        self.cond_stage_model = TextEncoder(config.text, **kw) if text_encoder else None
-        self.embedder = ImageEncoder(config.vision, **kw) if image_encoder else None
-        self.image_proj_model = Resampler(config.resampler, **kw)
-        self.schedule = Schedule.from_config(config.schedule)
-
-    @property
-    def unet(self) -> UNetModel:
-        return self.model.diffusion_model
-
-    @property
-    def vae(self) -> AutoencoderKLDualRef:
-        return self.first_stage_model
 
 
 class InputError(ValueError):

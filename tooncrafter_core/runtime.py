@@ -10,7 +10,7 @@ import logging
 import torch
 from torch import nn
 
-from .config import RuntimeOptions
+from .settings import RuntimeOptions
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .schedule import Schedule
+from .models.schedule import Schedule
 
 VModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -26,6 +26,8 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError, read_state_dict
+
 log = logging.getLogger(__name__)
 
 PEFT_CONFIG = "adapter_config.json"
@@ -66,19 +68,6 @@ class LoraSpec:
 
     path: Path
     strength: float = 1.0
-
-
-def add_argument(parser) -> None:
-    """The command line's repeatable `--lora PATH[:STRENGTH]` option (a list of LoraSpec)."""
-    parser.add_argument(
-        "--lora",
-        type=parse_spec,
-        action="append",
-        default=[],
-        metavar="PATH[:STRENGTH]",
-        help="a LoRA for the UNet merged into its weights (repeatable; strength 1 if omitted): a PEFT folder or "
-        "adapter_model.safetensors with its adapter_config.json beside it, or a kohya/ComfyUI-style .safetensors",
-    )
 
 
 def parse_spec(text: str) -> LoraSpec:
@@ -133,9 +122,6 @@ def _weights_file(path: Path) -> Path:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    # Imported here: loading imports pipeline, which is not needed to read or merge a LoRA.
-    from .loading import CheckpointError, read_state_dict
-
     try:
         return read_state_dict(path)
     except CheckpointError as e:

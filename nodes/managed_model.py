@@ -11,30 +11,31 @@ import shutil
 from dataclasses import dataclass, replace
 from typing import Optional
 
-import torch
-from torch import nn
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
 import folder_paths
+import torch
 from comfy.weight_adapter import LoRAAdapter
+from torch import nn
 
-from ..tooncrafter_core import catalog, frames, lora, pipeline
-from ..tooncrafter_core.config import DECODE_OVERLAP, ModelConfig, RuntimeOptions
-from ..tooncrafter_core import loading
-from ..tooncrafter_core.loading import FP8_DTYPES, load_model
+from ..tooncrafter_core import frames, pipeline, sketches
+from ..tooncrafter_core.models.config import DECODE_OVERLAP, ModelConfig
+from ..tooncrafter_core.models.schedule import Schedule
+from ..tooncrafter_core.models.sketch_encoder import HINT_DOWNSAMPLE
+from ..tooncrafter_core.models.vae import auto_decode_chunk, decode_memory_bytes
 from ..tooncrafter_core.runtime import prepare
 from ..tooncrafter_core.sampling import SamplingOverflowError
-from ..tooncrafter_core import sketch as tc_sketch
-from ..tooncrafter_core.schedule import Schedule
-from ..tooncrafter_core.vae import auto_decode_chunk, decode_memory_bytes
+from ..tooncrafter_core.settings import RuntimeOptions
+from ..tooncrafter_core.weights import catalog, checkpoint, lora
+from ..tooncrafter_core.weights.checkpoint import FP8_DTYPES, load_model
+from ..tooncrafter_core.weights.sketch_encoder import load_sketch_encoder as load_sketch_encoder_file
 
 log = logging.getLogger(__name__)
 
 FOLDER = "tooncrafter"
 EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
-WEIGHT_DTYPES = {"auto": None, **loading.WEIGHT_DTYPES}
+WEIGHT_DTYPES = {"auto": None, **checkpoint.WEIGHT_DTYPES}
 
 
 def register_folder() -> None:
@@ -91,9 +92,8 @@ def resolve_checkpoint(name: str) -> str:
 
 def _comfy_tqdm():
     """A tqdm class that also drives ComfyUI's progress bar (for downloads)."""
-    from tqdm import tqdm
-
     import comfy.utils
+    from tqdm import tqdm
 
     class ComfyTqdm(tqdm):
         def __init__(self, *args, **kwargs):
@@ -270,7 +270,7 @@ def sample(
     if sketch is not None and sketch.scale != 0:
         # The encoder runs with the UNet at every step: both resident together.
         mm.load_models_gpu([handle.unet, sketch.encoder])
-        guide = tc_sketch.SketchGuide(sketch.encoder.model, sketch.hint, sketch.scale)
+        guide = sketches.SketchGuide(sketch.encoder.model, sketch.hint, sketch.scale)
     else:
         mm.load_models_gpu([handle.unet])
     on_device = pipeline.Conditioning(
@@ -372,18 +372,18 @@ def sketch_encoder_choices() -> list[str]:
 
 def load_sketch_encoder(name: str) -> comfy.model_patcher.ModelPatcher:
     path = _resolve(SKETCH_FOLDER, name, catalog.SKETCH_ENCODERS, "sketch encoder")
-    encoder = tc_sketch.load_sketch_encoder(path, operations=comfy.ops.manual_cast)
+    encoder = load_sketch_encoder_file(path, operations=comfy.ops.manual_cast)
     return _patcher(encoder, mm.get_torch_device(), mm.unet_offload_device())
 
 
-def sketch_input(encoder, sketches: torch.Tensor, frame_indices: str, strength: float, resize: str, latent_shape) -> SketchInput:
+def sketch_input(encoder, drawn: torch.Tensor, frame_indices: str, strength: float, resize: str, latent_shape) -> SketchInput:
     """IMAGE sketches (k H W c) -> the guide for latents of `latent_shape` (b z t h w)."""
     _, _, t, h, w = latent_shape
-    f = tc_sketch.HINT_DOWNSAMPLE
+    f = HINT_DOWNSAMPLE
     try:
-        hint = tc_sketch.place_sketches(
-            tc_sketch.sketch_hint(rgb(sketches, "sketches").float(), h * f, w * f, resize),
-            tc_sketch.parse_frame_indices(frame_indices),
+        hint = sketches.place_sketches(
+            sketches.sketch_hint(rgb(drawn, "sketches").float(), h * f, w * f, resize),
+            sketches.parse_frame_indices(frame_indices),
             t,
         )
     except ValueError as e:

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from .config import (
+from ..models.config import (
     ConfigError,
     ModelConfig,
     ResamplerConfig,
@@ -30,9 +30,9 @@ from .config import (
     VisionEncoderConfig,
     from_original_yaml,
 )
-from .ops import CastWeights, Default
-from .pipeline import ToonCrafter
-from .schedule import SCHEDULE_KEYS, Schedule
+from ..models.ops import CastWeights, Default
+from ..models.schedule import SCHEDULE_KEYS, Schedule
+from ..models.tooncrafter import ToonCrafter
 
 log = logging.getLogger(__name__)
 

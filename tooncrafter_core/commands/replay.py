@@ -1,6 +1,6 @@
 """Rerun a case recorded from the original ToonCrafter and write every stage our core computes.
 
-    python -m tooncrafter_core.replay CASE_DIR OUT.safetensors [--dtype fp32] [--device cpu] [--compare]
+    python -m tooncrafter_core replay CASE_DIR OUT.safetensors [--dtype fp32] [--device cpu] [--compare]
 
 From `reference.safetensors` only the inputs and random draws are read (`INPUT_KEYS`); settings
 come from `reference.json`, weights from `model.safetensors`, architecture from `config.yaml`.
@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
-from .config import SamplingConfig, from_original_yaml
-from .loading import load_model
-from .pipeline import (
+from ..models.config import from_original_yaml
+from ..pipeline import (
     Conditioning,
     clip_latents,
     concat_condition,
@@ -34,13 +32,15 @@ from .pipeline import (
     unconditional_image_context,
     unet_v,
 )
-from .sampling import VDenoiser, ddim_plan, ddim_timesteps, ddim_update
+from ..runtime import COMPUTE_DTYPES
+from ..sampling import VDenoiser, ddim_plan, ddim_timesteps, ddim_update
+from ..settings import SamplingConfig
+from ..weights.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
 INPUT_KEYS = ("image_start", "image_end", "vae_noise", "unet_x", "unet_t", "x_T", "eta1_noise")
 TOLERANCE = 1e-4
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def run_case(
@@ -139,18 +139,23 @@ def compare(ours: dict[str, torch.Tensor], case_dir: str | Path) -> dict[str, fl
     return errors
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tooncrafter_core.replay", description=__doc__.splitlines()[0])
-    parser.add_argument("case_dir", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--ckpt", type=Path, help="weights to use instead of the case's (e.g. a converted copy)")
-    parser.add_argument("--compare", action="store_true", help=f"print each stage's relative error, fail above {TOLERANCE}")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    r = subparsers.add_parser(
+        "replay",
+        help="rerun a case recorded from the original code and compare every stage",
+        description=__doc__.splitlines()[0],
+    )
+    r.add_argument("case_dir", type=Path, help="a recorded case folder (reference.json, reference.safetensors, ...)")
+    r.add_argument("out", type=Path, help="where our stages are written (.safetensors)")
+    r.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES), default="fp32")
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--ckpt", type=Path, help="weights to use instead of the case's (e.g. a converted copy)")
+    r.add_argument("--compare", action="store_true", help=f"print each stage's relative error, fail above {TOLERANCE}")
+    return r
 
-    ours = run_case(args.case_dir, DTYPES[args.dtype], args.device, args.ckpt)
+
+def run(args: argparse.Namespace) -> int:
+    ours = run_case(args.case_dir, COMPUTE_DTYPES[args.dtype], args.device, args.ckpt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(ours, str(args.out))
     log.info("wrote %d stages to %s", len(ours), args.out)
@@ -168,7 +173,3 @@ def main(argv=None) -> int:
     ok = worst <= TOLERANCE and not nonfinite
     log.info("%s: worst relative error %.3e (tolerance %.0e)", "PASS" if ok else "FAIL", worst, TOLERANCE)
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-from urllib.parse import urlparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,15 @@ from typing import Optional, Sequence
 
 import torch
 
-from .loading import TEXT_PREFIX, UNET_PREFIX, VISION_PREFIX, check_is_tooncrafter, read_state_dict
+from ..models.schedule import SCHEDULE_KEYS
+from .checkpoint import (
+    TEXT_PREFIX,
+    UNET_PREFIX,
+    VISION_PREFIX,
+    check_is_tooncrafter,
+    read_state_dict,
+)
 from .lora import LoraSpec, adaptable_shapes, load_specs, merged_weight
-from .schedule import SCHEDULE_KEYS
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Up to this many output positions, a CPU convolution's time goes mostly into reordering its
 # weight into oneDNN's blocked layout (at every call); a matmul over unfolded inputs reads the
 # weight as it is: 3-10x faster for the UNet's deepest levels at small sizes, slower above.

@@ -1,4 +1,4 @@
-"""A whole shot list: `python -m tooncrafter_core batch SHOTS --out DIR [--ray [ADDRESS]]`.
+"""Shot lists for `batch`: reading and checking them, fingerprints, rendering one shot, and the local run.
 
 SHOTS is a JSONL file (one object a line) or a CSV file (a header row). Every shot has an `id` and
 its keyframes (`keyframes`: two or more image paths, `;`-separated in CSV, or `start` and `end`),
@@ -27,10 +27,12 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from . import frames
-from .config import RuntimeOptions, SamplingConfig
-from .pipeline import interpolate_sequence, segment_pairs, segment_prompts
-from .runtime import COMPUTE_DTYPES, compute_dtype_name
+from .. import frames
+from ..pipeline import interpolate_sequence, segment_pairs, segment_prompts
+from ..runtime import COMPUTE_DTYPES, compute_dtype_name
+from ..settings import RuntimeOptions, SamplingConfig
+from ..weights import catalog, lora
+from ..weights.checkpoint import load_for
 
 log = logging.getLogger(__name__)
 
@@ -204,9 +206,6 @@ class ModelSpec:
         return COMPUTE_DTYPES[compute_dtype_name(self.dtype, device)]
 
     def load(self, device: torch.device):
-        from . import catalog, lora
-        from .loading import load_for
-
         model = load_for(self.ckpt or catalog.download(catalog.DEFAULT, self.models_dir), self.compute_dtype(device))
         lora.merge_specs(model, [lora.LoraSpec(Path(p), s) for p, s in self.loras])
         return model.to(device)

@@ -19,17 +19,30 @@ from typing import Callable, Optional
 
 import torch
 
-from . import batch
+from .shots import (
+    BatchError,
+    BatchReport,
+    ModelSpec,
+    Progress,
+    RenderSettings,
+    Shot,
+    error_text,
+    fail,
+    load_keyframes,
+    prepare,
+    render,
+    write_shot,
+)
 
 log = logging.getLogger(__name__)
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # tooncrafter_core, shipped to every worker
 
 
 class Renderer:
     """The Ray actor: a model on this worker's device."""
 
-    def __init__(self, spec: batch.ModelSpec):
+    def __init__(self, spec: ModelSpec):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = spec.compute_dtype(self.device)
         self.model = spec.load(self.device)
@@ -37,9 +50,9 @@ class Renderer:
     def pid(self) -> int:
         return os.getpid()
 
-    def render(self, shot: batch.Shot, images: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    def render(self, shot: Shot, images: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
         began = time.perf_counter()
-        clip = batch.render(self.model, shot, images, self.device, self.dtype)
+        clip = render(self.model, shot, images, self.device, self.dtype)
         return clip, time.perf_counter() - began
 
 
@@ -47,7 +60,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise batch.BatchError(
+        raise BatchError(
             'Ray is not installed: pip install "comfyui-tooncrafter[cluster]" (or pip install "ray[default]"), '
             "or run without --ray"
         ) from None
@@ -55,23 +68,23 @@ def _import_ray():
 
 
 def run_ray(
-    shots: list[batch.Shot],
+    shots: list[Shot],
     out: str | Path,
-    shared: batch.RenderSettings,
-    spec: batch.ModelSpec,
+    shared: RenderSettings,
+    spec: ModelSpec,
     address: Optional[str] = None,
     workers: Optional[int] = None,
     cpus_per_worker: int = 1,
     retries: int = 2,
     on_dispatch: Optional[Callable[[int, str], None]] = None,
-) -> batch.BatchReport:
+) -> BatchReport:
     """Render the shots on Ray: a local cluster (`address` None) or an existing one. `on_dispatch(pid,
     shot_id)` is called as each shot is handed to the worker process `pid`."""
     ray = _import_ray()
     out = Path(out)
-    report, began = batch.BatchReport(), time.perf_counter()
-    bar = batch.Progress(len(shots))
-    todo = batch.prepare(shots, out, shared, report, bar)
+    report, began = BatchReport(), time.perf_counter()
+    bar = Progress(len(shots))
+    todo = prepare(shots, out, shared, report, bar)
     if not todo:
         bar.close()
         report.seconds = time.perf_counter() - began
@@ -96,7 +109,7 @@ def run_ray(
             try:
                 pid = ray.get(actor.pid.remote())  # waits for the model load; a bad checkpoint fails here
             except ray.exceptions.RayError as e:
-                raise batch.BatchError(f"a Ray worker could not load the model: {_cause(e)}") from None
+                raise BatchError(f"a Ray worker could not load the model: {_cause(e)}") from None
             return actor, pid
 
         idle = [start() for _ in range(count)]
@@ -106,9 +119,9 @@ def run_ray(
             while idle and pending:
                 shot, print_, attempt = pending.popleft()
                 try:
-                    images = batch.load_keyframes(shot)
+                    images = load_keyframes(shot)
                 except Exception as e:  # a missing or unreadable keyframe fails this shot only
-                    batch.fail(out, shot, batch.error_text(e), attempt, report, bar)
+                    fail(out, shot, error_text(e), attempt, report, bar)
                     continue
                 actor, pid = idle.pop()
                 running[actor.render.remote(shot, images)] = (actor, pid, shot, print_, attempt)
@@ -127,14 +140,14 @@ def run_ray(
                     report.retried.append(shot.id)
                     pending.appendleft((shot, print_, attempt + 1))
                 else:
-                    batch.fail(out, shot, f"its worker died {attempt} times: {_cause(e)}", attempt, report, bar)
+                    fail(out, shot, f"its worker died {attempt} times: {_cause(e)}", attempt, report, bar)
                 continue
             except ray.exceptions.RayTaskError as e:
                 idle.append((actor, pid))
-                batch.fail(out, shot, _cause(e), attempt, report, bar)
+                fail(out, shot, _cause(e), attempt, report, bar)
                 continue
             idle.append((actor, pid))
-            batch.write_shot(out, shot, print_, clip, seconds)
+            write_shot(out, shot, print_, clip, seconds)
             report.done.append(shot.id)
             bar.step(shot, "done")
     finally:
@@ -147,4 +160,4 @@ def run_ray(
 
 def _cause(e: Exception) -> str:
     cause = getattr(e, "cause", None)
-    return batch.error_text(cause) if isinstance(cause, BaseException) else str(e).strip().splitlines()[-1]
+    return error_text(cause) if isinstance(cause, BaseException) else str(e).strip().splitlines()[-1]

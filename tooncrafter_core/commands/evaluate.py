@@ -23,11 +23,19 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import catalog, frames, lora
-from .config import RuntimeOptions, SamplingConfig
-from .loading import WEIGHT_DTYPES, load_for
-from .pipeline import ToonCrafter, interpolate
-from .runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
+from .. import frames
+from ..models.tooncrafter import ToonCrafter
+from ..pipeline import interpolate
+from ..runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
+from ..settings import RuntimeOptions, SamplingConfig
+from ..weights import catalog, lora
+from ..weights.checkpoint import WEIGHT_DTYPES, load_for
+from .common import (
+    add_device_argument,
+    add_lora_argument,
+    add_models_dir_argument,
+    check_out_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -512,14 +520,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     e.add_argument("--ckpt", type=Path, help="checkpoint file; omitted: download the default release")
-    e.add_argument("--models-dir", type=Path, default=Path("models/tooncrafter"), help="where downloads go")
+    add_models_dir_argument(e)
     e.add_argument("--triplets", type=Path, help="folder of triplet folders (with --compare: where the runs' triplets are now)")
     e.add_argument("--out", type=Path, required=True, help="output folder")
     e.add_argument(
         "--dtype", nargs="+", choices=list(COMPUTE_DTYPES),
         help="compute dtype(s); several give one run each (default fp16 on CUDA, fp32 on CPU)",
     )
-    lora.add_argument(e)
+    add_lora_argument(e)
     e.add_argument(
         "--lora-strengths", type=float, nargs="+", metavar="S",
         help="multipliers of every --lora strength, one run each (e.g. 0 0.15 1)",
@@ -536,17 +544,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--height", type=int, help="model input height (default: the model's)")
     e.add_argument("--width", type=int, help="model input width (default: the model's)")
     e.add_argument("--resize", choices=frames.FIT_METHODS, default="crop", help="how frames are fitted to the model's size")
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(e)
     return e
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Carry out `evaluate`; returns the output folder."""
+def run(args: argparse.Namespace) -> int:
+    """Carry out `evaluate`."""
+    check_out_dir(args.out)
     if args.worst < 1:
         raise EvaluationError(f"--worst must be at least 1, got {args.worst}")
     if args.compare:
         write_comparison(args.compare, args.out, args.worst, args.triplets)
-        return args.out
+        return 0
     if args.triplets is None:
         raise EvaluationError("--triplets DIR is required (or --compare RUN_DIR ... to compare finished runs)")
     if args.frames is not None and args.frames < 3:
@@ -602,7 +611,7 @@ def run(args: argparse.Namespace) -> Path:
             run_dirs.append(folder)
     if len(run_dirs) > 1:
         write_comparison(run_dirs, args.out, args.worst)
-    return args.out
+    return 0
 
 
 def _settings(args: argparse.Namespace, model: ToonCrafter, ckpt: Path, device: torch.device) -> Settings:
