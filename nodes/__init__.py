@@ -4,11 +4,13 @@ from .conditioning import ToonCrafterConditioning
 from .decoder import ToonCrafterDecode
 from .loader import LoadToonCrafterModel
 from .lora import LoadToonCrafterLora
+from .native import ToonCrafterDDIM, ToonCrafterGuidanceRescale, ToonCrafterImageConditioning, ToonCrafterSigmas
 from .sampler import ToonCrafterSampler
 from .sequence import ToonCrafterSequence
 from .sketch import LoadToonCrafterSketchEncoder, ToonCrafterApplySketch
 
 NODES = [
     LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence,
-    LoadToonCrafterSketchEncoder, ToonCrafterApplySketch,
+    LoadToonCrafterSketchEncoder, ToonCrafterApplySketch, ToonCrafterImageConditioning, ToonCrafterDDIM, ToonCrafterSigmas,
+    ToonCrafterGuidanceRescale,
 ]

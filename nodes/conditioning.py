@@ -6,7 +6,7 @@ from comfy_api.latest import io
 from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.pipeline import InputError, join_context, size_multiple
 from . import managed_model as tc_model
-from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, ToonCrafterModelType
+from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, POSTERIOR_KEY, ToonCrafterModelType
 
 
 def _pairs(start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +27,8 @@ class ToonCrafterConditioning(io.ComfyNode):
             node_id="ToonCrafterConditioning",
             display_name="ToonCrafter Conditioning",
             category=CATEGORY,
-            description="Encodes the two keyframes and the prompt for ToonCrafter Sampler.",
+            description="Encodes the two keyframes and the prompt for ToonCrafter Sampler, or for KSampler / "
+            "SamplerCustomAdvanced with the loader's MODEL.",
             inputs=[
                 ToonCrafterModelType.Input("model", tooltip="From Load ToonCrafter Model"),
                 io.Image.Input("start_image", tooltip="First keyframe (a batch gives one in-between per pair)"),
@@ -74,6 +75,14 @@ def condition(
     clip=None, clip_vision=None,
 ) -> tuple[list, list, dict]:
     """What the Conditioning node outputs: (positive, negative, latent) for IMAGE keyframe batches."""
+    start, end = fitted_keyframes(model, start_image, end_image, width, height, resize)
+    b = start.shape[0]
+    texts = tc_model.text_context(model, [prompt] * b + [negative_prompt] * b, clip)
+    return condition_keyframes(model, start, end, texts[:b], texts[b:], frame_stride, frames, clip_vision)
+
+
+def fitted_keyframes(model, start_image, end_image, width, height, resize) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE keyframe batches -> (b 3 H W) pairs in [-1, 1] at the requested size."""
     multiple = size_multiple(model.config)
     if width % multiple or height % multiple:
         near = [max(multiple, round(n / multiple) * multiple) for n in (width, height)]
@@ -81,22 +90,29 @@ def condition(
             f"width and height must be multiples of {multiple}, got {width}x{height}: use e.g. {near[0]}x{near[1]}"
         )
     start, end = _pairs(start_image, end_image)
-    start = tc_frames.to_model(tc_frames.fit(start, height, width, resize))
-    end = tc_frames.to_model(tc_frames.fit(end, height, width, resize))
+    return (
+        tc_frames.to_model(tc_frames.fit(start, height, width, resize)),
+        tc_frames.to_model(tc_frames.fit(end, height, width, resize)),
+    )
+
+
+def condition_keyframes(
+    model, start, end, text, text_neg, frame_stride, frames, clip_vision=None, options=(None, None)
+) -> tuple[list, list, dict]:
+    """(positive, negative, latent) from fitted keyframes (b 3 H W) and text contexts (b 77 d). The
+    conditioning entries carry what the native model's extra_conds reads; `options` are entries' own
+    options to keep (e.g. from CLIPTextEncode)."""
     b = start.shape[0]
     frames = frames or model.config.frames
     if frames < 2:
         raise InputError("frames must be 0 (the model's) or at least 2")
-
-    texts = tc_model.text_context(model, [prompt] * b + [negative_prompt] * b, clip)
-    text, text_neg = texts[:b], texts[b:]
     image, image_neg = tc_model.image_contexts(model, start, clip_vision)
     keyframes = tc_model.encode_keyframes(model, start, end)
 
-    fs = torch.full((b,), frame_stride, dtype=torch.long)
-    positive = [[join_context(text, image), {FS_KEY: fs}]]
-    negative = [[join_context(text_neg, image_neg), {FS_KEY: fs}]]
-    h, w = height // model.config.vae.downsample_factor, width // model.config.vae.downsample_factor
+    ours = {FS_KEY: torch.full((b,), frame_stride, dtype=torch.long), POSTERIOR_KEY: keyframes}
+    positive = [[join_context(text, image), {**(options[0] or {}), **ours}]]
+    negative = [[join_context(text_neg, image_neg), {**(options[1] or {}), **ours}]]
+    h, w = (n // model.config.vae.downsample_factor for n in start.shape[-2:])
     latent = {
         "samples": torch.zeros(b, model.config.vae.z_channels, frames, h, w),
         KEYFRAMES_KEY: keyframes,

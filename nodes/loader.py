@@ -49,7 +49,12 @@ class LoadToonCrafterModel(io.ComfyNode):
                 ToonCrafterModelType.Output(
                     display_name="model",
                     tooltip="UNet, VAE, Resampler and, in full checkpoints, the OpenCLIP text and image encoders",
-                )
+                ),
+                io.Model.Output(
+                    display_name="MODEL",
+                    tooltip="The UNet as a native ComfyUI model for KSampler, SamplerCustomAdvanced and the LoRA "
+                    "loaders; its conditioning comes from ToonCrafter Conditioning, its latents go to ToonCrafter Decode",
+                ),
             ],
         )
 
@@ -61,4 +66,5 @@ class LoadToonCrafterModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, ckpt_name, weight_dtype, compile=False) -> io.NodeOutput:
-        return io.NodeOutput(tc_model.load(ckpt_name, weight_dtype, compile))
+        handle = tc_model.load(ckpt_name, weight_dtype, compile)
+        return io.NodeOutput(handle, handle.unet)

@@ -19,23 +19,28 @@ import torch
 from comfy.weight_adapter import LoRAAdapter
 from torch import nn
 
+import comfy.sample
+
 from ..tooncrafter_core import frames, pipeline, sketches
 from ..tooncrafter_core.models.config import DECODE_OVERLAP, ModelConfig
 from ..tooncrafter_core.models.schedule import Schedule
 from ..tooncrafter_core.models.sketch_encoder import HINT_DOWNSAMPLE
 from ..tooncrafter_core.models.vae import auto_decode_chunk, decode_memory_bytes
 from ..tooncrafter_core.runtime import prepare
-from ..tooncrafter_core.sampling import SamplingOverflowError
-from ..tooncrafter_core.settings import RuntimeOptions
+from ..tooncrafter_core.sampling import SamplingOverflowError, ddim_timesteps
+from ..tooncrafter_core.settings import RuntimeOptions, SamplingConfig
 from ..tooncrafter_core.weights import catalog, checkpoint, lora
 from ..tooncrafter_core.weights.checkpoint import FP8_DTYPES, load_model
 from ..tooncrafter_core.weights.sketch_encoder import load_sketch_encoder as load_sketch_encoder_file
+from . import native_model
 
 log = logging.getLogger(__name__)
 
 FOLDER = "tooncrafter"
 EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth"}
 WEIGHT_DTYPES = {"auto": None, **checkpoint.WEIGHT_DTYPES}
+# The UNet's keys in the native model's state dict (ComfyUI's LoRA loaders map onto these).
+UNET_KEY_PREFIX = "diffusion_model."
 
 
 def register_folder() -> None:
@@ -114,7 +119,7 @@ class ToonCrafterModel:
     name: str
     config: ModelConfig
     schedule: Schedule
-    unet: comfy.model_patcher.ModelPatcher
+    unet: comfy.model_patcher.ModelPatcher  # the native MODEL: ToonCrafterNativeModel around the UNet
     vae: comfy.model_patcher.ModelPatcher
     image_proj: comfy.model_patcher.ModelPatcher  # the Resampler, always in the file
     text: Optional[comfy.model_patcher.ModelPatcher]  # None for the pruned file
@@ -167,7 +172,9 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
         name=name,
         config=model.config,
         schedule=model.schedule,
-        unet=_patcher(model.unet, unet_device, mm.unet_offload_device()),
+        unet=native_model.native_patcher(
+            model.unet, model.schedule, model.config.vae.scale_factor, unet_dtype, unet_device, mm.unet_offload_device()
+        ),
         vae=_patcher(model.vae, vae_device, mm.vae_offload_device()),
         image_proj=_patcher(model.image_proj_model, enc_device, mm.text_encoder_offload_device()),
         text=_patcher(model.cond_stage_model, enc_device, mm.text_encoder_offload_device()) if model.cond_stage_model else None,
@@ -219,6 +226,19 @@ def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> tor
     return _out(ctx)
 
 
+def conditioning_text(handle: ToonCrafterModel, conditioning: list, name: str, batch: int) -> tuple[torch.Tensor, dict]:
+    """A CLIPTextEncode CONDITIONING (one entry, OpenCLIP ViT-H) -> ((batch 77 d) text context, its options)."""
+    if not conditioning:
+        raise pipeline.InputError(f"{name} is empty: connect a CLIPTextEncode with the OpenCLIP ViT-H text encoder")
+    if len(conditioning) > 1:
+        raise pipeline.InputError(f"{name} holds {len(conditioning)} conditionings; ToonCrafter takes one (no combine/concat)")
+    hidden, options = conditioning[0]
+    context = pipeline.external_text_context(hidden, handle.config)
+    if context.shape[0] not in (1, batch):
+        raise pipeline.InputError(f"{name} has a batch of {context.shape[0]} prompts for {batch} keyframe pairs")
+    return _out(context.expand(batch, -1, -1)), {k: v for k, v in options.items() if k != "pooled_output"}
+
+
 def image_contexts(handle: ToonCrafterModel, images: torch.Tensor, clip_vision=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Resampled image contexts (n (t q) d) of `images` (n 3 H W, [-1, 1]) and of the original's
     unconditional all-zero image, through the vision model as one batch."""
@@ -253,44 +273,25 @@ def encode_keyframes(handle: ToonCrafterModel, start: torch.Tensor, end: torch.T
 
 
 def sample(
-    handle: ToonCrafterModel,
-    cond: pipeline.Conditioning,
-    keyframes: pipeline.KeyframeEncoding,
-    frames: int,
-    sampling,
-    seed: int,
-    callback,
-    sketch: Optional["SketchInput"] = None,
+    handle: ToonCrafterModel, positive: list, negative: list, latent: torch.Tensor, sampling: SamplingConfig, seed: int, callback
 ) -> torch.Tensor:
-    """DDIM on the UNet's device; the same seed gives the same draws as the core's `interpolate`."""
-    device, dtype = handle.unet.load_device, handle.unet_dtype
-    generator = torch.Generator("cpu").manual_seed(seed)
-    concat, x_T = pipeline.initial_latents(keyframes, frames, handle.config, generator, device)
-    guide = None
-    if sketch is not None and sketch.scale != 0:
-        # The encoder runs with the UNet at every step: both resident together.
-        mm.load_models_gpu([handle.unet, sketch.encoder])
-        guide = sketches.SketchGuide(sketch.encoder.model, sketch.hint, sketch.scale)
-    else:
-        mm.load_models_gpu([handle.unet])
-    on_device = pipeline.Conditioning(
-        cond.context.to(device, dtype),
-        None if cond.uncond_context is None else cond.uncond_context.to(device, dtype),
-        concat.to(device, dtype),
-        cond.fs.to(device),
-        guide,
-    )
+    """The original's DDIM through ComfyUI's sampling with the native model: the conditioning as
+    ToonCrafter Conditioning made it (keyframes, context, frame stride, sketch controls), the
+    original's timesteps, guidance and rescale. The same seed gives the same draws as the core's
+    `interpolate`. `callback(step, x0, x, total)` as ComfyUI's. -> the finished run's latent."""
+    model = native_model.with_guidance_rescale(handle.unet, sampling.guidance_rescale)
+    sigmas = model.model.levels.ddim_sigmas(ddim_timesteps(sampling.steps, sampling.timestep_spacing))
+    noise = comfy.sample.prepare_noise(latent, seed)
     try:
-        with torch.inference_mode():
-            samples = pipeline.sample(
-                handle.unet.model, handle.schedule, on_device, sampling, x_T.to(dtype), generator=generator, callback=callback
-            )
+        return comfy.sample.sample_custom(
+            model, noise, sampling.cfg_scale, native_model.ddim_sampler(sampling.eta), sigmas, positive, negative,
+            latent, callback=callback, disable_pbar=True, seed=seed,
+        )
     except SamplingOverflowError as e:
         raise FloatingPointError(
             f"{e}. In ComfyUI: set weight_dtype to bf16 in Load ToonCrafter Model, or start ComfyUI with "
             "--bf16-unet or --fp32-unet; with a Load ToonCrafter LoRA, lower its strength"
         ) from None
-    return _out(samples.float())
 
 
 def with_lora(handle: ToonCrafterModel, name: str, strength: float) -> ToonCrafterModel:
@@ -300,10 +301,10 @@ def with_lora(handle: ToonCrafterModel, name: str, strength: float) -> ToonCraft
     if strength == 0:
         return handle
     path = folder_paths.get_full_path_or_raise("loras", name)
-    adapter = lora.load_lora(path, lora.adaptable_shapes(handle.unet.model_state_dict()))
+    adapter = lora.load_lora(path, lora.adaptable_shapes(handle.unet.model.diffusion_model.state_dict(keep_vars=True)))
     # ComfyUI's LoRA math is `strength * (alpha / rank) * up @ down`: alpha carries our scale.
     patches = {
-        key: LoRAAdapter(set(), (layer.up, layer.down, layer.scale * layer.rank, None, None, None))
+        UNET_KEY_PREFIX + key: LoRAAdapter(set(), (layer.up, layer.down, layer.scale * layer.rank, None, None, None))
         for key, layer in adapter.layers.items()
     }
     unet = handle.unet.clone()
@@ -356,15 +357,6 @@ def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode:
 SKETCH_FOLDER = "controlnet"
 
 
-@dataclass
-class SketchInput:
-    """What ToonCrafter Apply Sketch adds to the conditioning: the encoder, hints (1 1 t H W), scale."""
-
-    encoder: comfy.model_patcher.ModelPatcher
-    hint: torch.Tensor
-    scale: float
-
-
 def sketch_encoder_choices() -> list[str]:
     """Files in models/controlnet, then the released sketch encoders not downloaded yet."""
     return _choices(SKETCH_FOLDER, catalog.SKETCH_ENCODERS)
@@ -376,8 +368,8 @@ def load_sketch_encoder(name: str) -> comfy.model_patcher.ModelPatcher:
     return _patcher(encoder, mm.get_torch_device(), mm.unet_offload_device())
 
 
-def sketch_input(encoder, drawn: torch.Tensor, frame_indices: str, strength: float, resize: str, latent_shape) -> SketchInput:
-    """IMAGE sketches (k H W c) -> the guide for latents of `latent_shape` (b z t h w)."""
+def sketch_control(encoder, drawn: torch.Tensor, frame_indices: str, strength: float, resize: str, latent_shape):
+    """IMAGE sketches (k H W c) -> the control that steers latents of `latent_shape` (b z t h w)."""
     _, _, t, h, w = latent_shape
     f = HINT_DOWNSAMPLE
     try:
@@ -388,4 +380,4 @@ def sketch_input(encoder, drawn: torch.Tensor, frame_indices: str, strength: flo
         )
     except ValueError as e:
         raise pipeline.InputError(f"ToonCrafter Apply Sketch: {e} (sketches input / frame_indices)") from None
-    return SketchInput(encoder, hint, strength)
+    return native_model.SketchControl(encoder, hint, strength)

@@ -1,15 +1,15 @@
-"""ToonCrafter Sampler: DDIM with classifier-free guidance, progress bar, preview and Cancel."""
+"""ToonCrafter Sampler: the original's DDIM with classifier-free guidance, through ComfyUI's sampling
+with the native model (progress bar, preview, Cancel, lowvram, LoRA patches)."""
 
-import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..tooncrafter_core.pipeline import Conditioning, InputError
+from ..tooncrafter_core.pipeline import InputError
 from ..tooncrafter_core.settings import SamplingConfig
 from . import managed_model as tc_model
-from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, ToonCrafterModelType
+from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, ToonCrafterModelType
 
 
 def _single(conditioning, name: str):
@@ -48,7 +48,7 @@ class ToonCrafterSampler(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="From ToonCrafter Conditioning"),
                 io.Conditioning.Input("negative", tooltip="From ToonCrafter Conditioning"),
                 io.Latent.Input("latent", tooltip="The latent output of ToonCrafter Conditioning"),
-                *sampling_inputs("Seed of every random draw (posterior, initial noise, DDIM noise)",
+                *sampling_inputs("Seed of every random draw (initial noise, keyframe posterior, DDIM noise)",
                                  "DDIM steps; 50 as the original, 20-30 is often enough"),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
@@ -56,40 +56,38 @@ class ToonCrafterSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing) -> io.NodeOutput:
-        on_step = step_callback(model, steps, latent["samples"].shape[2])
+        on_step = step_callback(model, steps)
         return io.NodeOutput(
             sample_latent(model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing, on_step)
         )
 
 
-def step_callback(model, total: int, frames: int):
-    """A sampling callback that honours Cancel and drives one progress bar of `total` steps, with a
-    preview of the middle frame."""
+def step_callback(model, total: int, offset: int = 0):
+    """A sampling callback (ComfyUI's: step, x0, x, steps) that honours Cancel and drives one progress
+    bar of `total` steps from `offset`, with a preview of the middle frame."""
     pbar = comfy.utils.ProgressBar(total)
-    previewer = latent_preview.get_previewer(model.unet.load_device, comfy.latent_formats.SD15())
+    previewer = latent_preview.get_previewer(model.unet.load_device, model.unet.model.latent_format)
 
-    def on_step(i, x, x0):
+    def on_step(i, x0, x, steps):
         mm.throw_exception_if_processing_interrupted()
         preview = None
         if previewer is not None:
-            preview = previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, frames // 2])
-        pbar.update_absolute(i + 1, total, preview)
+            middle = x0[:1, :, x0.shape[2] // 2 : x0.shape[2] // 2 + 1]  # (1 c 1 h w): the previewer shows frame 0
+            preview = previewer.decode_latent_to_preview_image("JPEG", middle)
+        pbar.update_absolute(offset + i + 1, total, preview)
 
     return on_step
 
 
 def sample_latent(model, positive, negative, latent, seed, steps, cfg, eta, guidance_rescale, timestep_spacing, on_step) -> dict:
-    """What the Sampler node outputs for its inputs, reporting each step to `on_step(i, x, x0)`."""
+    """What the Sampler node outputs for its inputs, reporting each step to `on_step` (ComfyUI's callback)."""
     keyframes = latent.get(KEYFRAMES_KEY)
     if keyframes is None:
         raise InputError("latent must be the latent output of ToonCrafter Conditioning (it has no keyframe features)")
-    pos_ctx, pos_opts = _single(positive, "positive")
-    neg_ctx, _ = _single(negative, "negative")
+    _single(positive, "positive")
+    _single(negative, "negative")
     sampling = SamplingConfig(
-        steps=steps, cfg_scale=cfg, eta=eta, fs=int(pos_opts[FS_KEY][0]),
-        guidance_rescale=guidance_rescale, timestep_spacing=timestep_spacing,
+        steps=steps, cfg_scale=cfg, eta=eta, guidance_rescale=guidance_rescale, timestep_spacing=timestep_spacing
     )
-    cond = Conditioning(pos_ctx, neg_ctx if cfg != 1.0 else None, None, pos_opts[FS_KEY])
-    frames = latent["samples"].shape[2]
-    samples = tc_model.sample(model, cond, keyframes, frames, sampling, seed, on_step, pos_opts.get(SKETCH_KEY))
+    samples = tc_model.sample(model, positive, negative, latent["samples"], sampling, seed, on_step)
     return {"samples": samples, KEYFRAMES_KEY: keyframes}

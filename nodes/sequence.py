@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..tooncrafter_core import frames as tc_frames
-from ..tooncrafter_core.pipeline import join_segments, offset_callback, segment_pairs, segment_prompts
+from ..tooncrafter_core.pipeline import join_segments, segment_pairs, segment_prompts
 from .conditioning import condition
 from .decoder import decode_video, to_image
 from .sampler import sample_latent, sampling_inputs, step_callback
@@ -63,10 +63,9 @@ class ToonCrafterSequence(io.ComfyNode):
                       width, height, resize, frames, clip, clip_vision)
             for i, (a, b) in enumerate(pairs)
         ]
-        on_step = step_callback(model, steps * len(pairs), conditioned[0][2]["samples"].shape[2])
         latents = [
             sample_latent(model, positive, negative, latent, seed + i, steps, cfg, eta, guidance_rescale,
-                          timestep_spacing, offset_callback(on_step, i * steps))
+                          timestep_spacing, step_callback(model, steps * len(pairs), i * steps))
             for i, (positive, negative, latent) in enumerate(conditioned)
         ]
         videos = [decode_video(model, latent, frames_per_chunk, second_decode) for latent in latents]

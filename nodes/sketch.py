@@ -6,7 +6,7 @@ from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.sketches import DEFAULT_SCALE
 from ..tooncrafter_core.weights import catalog
 from . import managed_model as tc_model
-from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SKETCH_KEY, SketchEncoderType
+from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, SketchEncoderType
 
 
 class LoadToonCrafterSketchEncoder(io.ComfyNode):
@@ -78,12 +78,21 @@ class ToonCrafterApplySketch(io.ComfyNode):
     def execute(cls, positive, negative, latent, sketch_encoder, sketches, frame_indices, strength, resize) -> io.NodeOutput:
         if KEYFRAMES_KEY not in latent:
             raise tc_model.pipeline.InputError("latent must be the latent output of ToonCrafter Conditioning")
-        guide = tc_model.sketch_input(sketch_encoder, sketches, frame_indices, strength, resize, latent["samples"].shape)
-        return io.NodeOutput(_with(positive, guide), _with(negative, guide))
+        control = tc_model.sketch_control(sketch_encoder, sketches, frame_indices, strength, resize, latent["samples"].shape)
+        return io.NodeOutput(_with(positive, control, strength), _with(negative, control, strength))
 
 
-def _with(conditioning, guide):
-    """The conditioning entries, each with the sketch guide added to its options."""
+def _with(conditioning, control, strength):
+    """The conditioning entries, each steered by the sketch control (ComfyUI's `control` option, as
+    ControlNets are applied); strength 0 leaves them as they are: the unguided result exactly."""
     if not conditioning or FS_KEY not in conditioning[0][1]:
         raise tc_model.pipeline.InputError("positive and negative must come from ToonCrafter Conditioning")
-    return [[context, {**options, SKETCH_KEY: guide}] for context, options in conditioning]
+    if strength == 0:
+        return conditioning
+    out = []
+    for context, options in conditioning:
+        steer = control.copy()
+        if "control" in options:
+            steer.set_previous_controlnet(options["control"])
+        out.append([context, {**options, "control": steer, "control_apply_to_uncond": False}])
+    return out

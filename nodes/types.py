@@ -6,9 +6,9 @@ ToonCrafterModelType = io.Custom("TOONCRAFTER_MODEL")
 SketchEncoderType = io.Custom("TOONCRAFTER_SKETCH_ENCODER")
 
 CATEGORY = "ToonCrafter"
-# Extra keys in the LATENT dict: the keyframes' posterior and the decoder's reference features.
+# Extra key in the LATENT dict: the keyframes' posterior and the decoder's reference features.
 KEYFRAMES_KEY = "tooncrafter_keyframes"
-# Extra key in each CONDITIONING entry's options: the frame-stride condition.
+# Extra keys in each CONDITIONING entry's options, read by the native model's extra_conds: the
+# frame-stride condition and the keyframes' posterior (the same KeyframeEncoding as in the LATENT).
 FS_KEY = "tooncrafter_fs"
-# Extra key in each CONDITIONING entry's options: the sketch guide of ToonCrafter Apply Sketch.
-SKETCH_KEY = "tooncrafter_sketch"
+POSTERIOR_KEY = "tooncrafter_posterior"

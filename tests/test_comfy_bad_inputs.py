@@ -380,8 +380,8 @@ NODE_SCRIPT = """
         "image encoder": (handle.vision.model.model.visual, 1, interrupt),
         "resampler": (handle.image_proj.model, 1, interrupt),
         "vae encode": (handle.vae.model.encoder, 1, interrupt),
-        "cancel during sampling": (handle.unet.model, 1, lambda: mm.interrupt_current_processing(True)),
-        "unet": (handle.unet.model, 2, interrupt),
+        "cancel during sampling": (handle.unet.model.diffusion_model, 1, lambda: mm.interrupt_current_processing(True)),
+        "unet": (handle.unet.model.diffusion_model, 2, interrupt),
         "decode": (handle.vae.model.decoder, 2, interrupt),
     }}
     for name, (module, n, action) in stages.items():

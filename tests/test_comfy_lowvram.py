@@ -22,7 +22,7 @@ SCRIPT = """
 
     def run():
         with torch.inference_mode():
-            return pipeline.unet_v(unet.model, x, t, context, concat, fs)
+            return pipeline.unet_v(unet.model.diffusion_model, x, t, context, concat, fs)
 
     mm.load_models_gpu([unet])
     full = run()
@@ -64,9 +64,9 @@ SCRIPT = """
     mm.unload_all_models()
     assert not any(lm.model is unet for lm in mm.current_loaded_models)
     compiled = tc_model.load("tiny.safetensors", "auto", compile=True)  # compiles lazily, at the first call
-    assert compiled.unet.model._compiled_call_impl is not None
+    assert compiled.unet.model.diffusion_model._compiled_call_impl is not None
     assert compiled.vae.model.decoder._compiled_call_impl is not None
-    assert handle.unet.model._compiled_call_impl is None
+    assert handle.unet.model.diffusion_model._compiled_call_impl is None
     print("OK", cast)
 """
 

@@ -19,7 +19,7 @@ TINY_CKPT = "tooncrafter_tiny.safetensors"
 
 # The node reference of README.md: every node, its inputs in order, and its outputs.
 DOCUMENTED = {
-    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model"]),
+    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model", "MODEL"]),
     "ToonCrafterLoraLoader": (["model", "lora_name", "strength"], ["model"]),
     "ToonCrafterConditioning": (
         ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",
@@ -42,6 +42,14 @@ DOCUMENTED = {
         ["positive", "negative", "latent", "sketch_encoder", "sketches", "frame_indices", "strength", "resize"],
         ["positive", "negative"],
     ),
+    "ToonCrafterImageConditioning": (
+        ["model", "positive", "negative", "start_image", "end_image", "frame_stride", "width", "height", "resize",
+         "frames", "clip_vision"],
+        ["positive", "negative", "latent"],
+    ),
+    "ToonCrafterDDIMSampler": (["eta"], ["sampler"]),
+    "ToonCrafterSigmas": (["model", "steps", "timestep_spacing"], ["sigmas"]),
+    "ToonCrafterGuidanceRescale": (["model", "multiplier"], ["MODEL"]),
 }
 
 

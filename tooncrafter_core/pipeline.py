@@ -28,6 +28,7 @@ from .models.sketch_encoder import HINT_DOWNSAMPLE, SketchEncoder, controls
 from .models.tooncrafter import ToonCrafter
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKLDualRef
+from .noise_levels import NoiseLevels
 from .runtime import prepare
 from .sampling import GuidedModel, StepCallback, VDenoiser, ddim_plan, sample_ddim
 from .settings import RuntimeOptions, SamplingConfig
@@ -148,15 +149,39 @@ def clip_latents(enc: KeyframeEncoding, frames: int, scale_factor: float, noise:
 def initial_latents(
     enc: KeyframeEncoding, frames: int, config: ModelConfig, generator: Optional[torch.Generator], device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (concat condition, x_T), both (b z t h w) fp32. The random draws come in a fixed order
-    (posterior noise, then x_T) so every host reproduces a seed exactly."""
+    """-> (concat condition, x_T), both (b z t h w) fp32. The random draws come in a fixed order, x_T
+    first and then the keyframes' posterior noise, so every host reproduces a seed exactly: a host that
+    draws its initial noise from the seed itself (ComfyUI's samplers) takes the posterior noise from
+    `seeded_generator(seed, skip=...)` after it."""
     if frames < 2:
         raise InputError(f"frames must be at least 2 (the two keyframes), got {frames}")
     b, _, zc, h, w = enc.mean.shape
-    vae_noise = _randn((b, zc, frames, h, w), generator, device)
-    z = clip_latents(enc, frames, config.vae.scale_factor, vae_noise.to(enc.mean.device))
     x_T = _randn((b, config.unet.out_channels, frames, h, w), generator, device)
-    return concat_condition(z).float(), x_T
+    vae_noise = _randn((b, zc, frames, h, w), generator, device)
+    return keyframe_concat(enc, frames, config.vae.scale_factor, vae_noise), x_T
+
+
+def keyframe_concat(enc: KeyframeEncoding, frames: int, scale_factor: float, noise: torch.Tensor) -> torch.Tensor:
+    """The UNet's extra input channels (b z t h w) fp32 for posterior noise (b z t h w)."""
+    return concat_condition(clip_latents(enc, frames, scale_factor, noise.to(enc.mean.device))).float()
+
+
+def seeded_concat(enc: KeyframeEncoding, frames: int, scale_factor: float, seed: int, noise_shape: Sequence[int]) -> torch.Tensor:
+    """The concat condition `interpolate` makes for `seed`, for a host that drew x_T (`noise_shape`)
+    from the seed itself and needs the posterior noise after it."""
+    b, _, zc, h, w = enc.mean.shape
+    generator = seeded_generator(seed, skip=[noise_shape])
+    noise = torch.randn((b, zc, frames, h, w), generator=generator)
+    return keyframe_concat(enc, frames, scale_factor, noise)
+
+
+def seeded_generator(seed: int, skip: Sequence[Sequence[int]] = ()) -> torch.Generator:
+    """A CPU generator seeded `seed` that has already drawn normal tensors of the shapes in `skip`:
+    the draws `interpolate` makes before the one a host needs next."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    for shape in skip:
+        torch.randn(tuple(shape), generator=generator)
+    return generator
 
 
 def concat_condition(z: torch.Tensor) -> torch.Tensor:
@@ -187,6 +212,27 @@ def unet_v(
         encoder, features, scale = sketch
         control = controls(encoder, x, t, context, features, scale)
     return unet(torch.cat([x, concat.to(x)], dim=1), t, context, fs, control)
+
+
+def level_denoised(
+    unet: UNetModel,
+    levels: NoiseLevels,
+    sigma: torch.Tensor,
+    x: torch.Tensor,
+    context: torch.Tensor,
+    concat: torch.Tensor,
+    fs: Optional[torch.Tensor],
+    control: Optional[Sequence[torch.Tensor]] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """One UNet call for a host that samples in noise levels (`NoiseLevels`): x (b z t h w) at levels
+    sigma (b,) -> D, fp32. The UNet sees the original's x_t and timestep and computes in `dtype`."""
+    c = levels.coefficients(sigma)
+    dtype = dtype or x.dtype
+    x_t = levels.model_input(sigma, x.float(), c)
+    t = c.t.to(x.device, torch.float32)
+    v = unet(torch.cat([x_t, concat.to(x_t)], dim=1).to(dtype), t, context.to(dtype), fs, control)
+    return levels.denoised(sigma, x.float(), v.float(), c)
 
 
 @dataclass
@@ -360,8 +406,8 @@ def interpolate(
 ) -> torch.Tensor:
     """Keyframes (b 3 H W) in [-1, 1] -> video (b 3 t H W) in [-1, 1], fp32 on the CPU.
 
-    Random draws (posterior noise, x_T, per-step noise) come from `generator` in that order.
-    `sketch`: sketch guidance (hints (1 1 t H W), see `sketch.sketch_hint` and `place_sketches`).
+    Random draws (x_T, posterior noise, per-step noise) come from `generator` in that order.
+    `sketch`: sketch guidance (hints (1 1 t H W), see `sketches.sketch_hint` and `place_sketches`).
     """
     if model.cond_stage_model is None or model.embedder is None:
         raise InputError(

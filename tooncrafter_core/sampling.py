@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .models.schedule import Schedule
+from .noise_levels import NoiseLevels
 
 VModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -51,27 +52,36 @@ def ddim_plan(schedule: Schedule, steps: int, spacing: str, eta: float) -> list[
     float64 from the float32 alpha-bars, then everything a step uses rounded to float32."""
     ts = ddim_timesteps(steps, spacing, schedule.num_timesteps)
     ac = schedule.alphas_cumprod
-    alphas = ac[ts].double()
-    alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]]).double()
+    alphas_prev = torch.cat([ac[:1], ac[ts[:-1]]])
+    if schedule.scale_arr is not None:
+        scale = schedule.scale_arr[ts]
+        # As the original: the lowest timestep's "previous" scale is its own, so the last step keeps
+        # x0 at that scale instead of bringing it to t = 0's (1.0).
+        scale_prev = torch.cat([scale[:1], scale[:-1]])
+        rescale = scale_prev / scale
+    else:
+        rescale = torch.ones(len(ts))
+    return ddim_steps(torch.as_tensor(ts), ac[ts], alphas_prev, rescale, eta)[::-1]
+
+
+def ddim_steps(
+    ts: torch.Tensor, alphas: torch.Tensor, alphas_prev: torch.Tensor, rescale: torch.Tensor, eta: float
+) -> list[DDIMStep]:
+    """DDIM steps from float32 alpha-bars at each step's timestep and at the one it goes to."""
+    alphas, alphas_prev = alphas.float().double(), alphas_prev.float().double()
     sigmas = (eta * torch.sqrt((1 - alphas_prev) / (1 - alphas) * (1 - alphas / alphas_prev))).float()
     # The original evaluates 1 - a_prev - sigma^2 in float32 at every step. At zero terminal SNR
     # the first step's exact value is 0, but its rounding leaves +-2^-24 depending on the step
     # count (50 or 6 trailing steps: +5.96e-8, so 2.44e-4 * eps is kept). Reproduce that, and
     # clamp only where it went negative (the original's sqrt would give NaN there).
     dir_coefs = (1.0 - alphas_prev.float() - sigmas**2).clamp(min=0.0).sqrt()
-    if schedule.scale_arr is not None:
-        scale = schedule.scale_arr[ts]
-        scale_prev = torch.cat([scale[:1], scale[:-1]])
-        rescale = scale_prev / scale
-    else:
-        rescale = torch.ones(len(ts))
-    plan = [
+    return [
         DDIMStep(
-            int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]), float(rescale[i]), float(dir_coefs[i])
+            int(round(float(ts[i]))), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]), float(rescale[i]),
+            float(dir_coefs[i]),
         )
         for i in range(len(ts))
     ]
-    return plan[::-1]
 
 
 class VDenoiser:
@@ -91,6 +101,28 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) ->
     dims = list(range(1, cond.ndim))
     rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
     return factor * rescaled + (1 - factor) * guided
+
+
+def level_guidance(
+    levels: NoiseLevels,
+    sigma: torch.Tensor,
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scale: float,
+    rescale: float,
+) -> torch.Tensor:
+    """Classifier-free guidance with the original's guidance rescale for a host that guides the
+    denoised predictions D of `NoiseLevels` (cond, uncond) -> guided D. The rescale matches standard
+    deviations of v, which D is not proportional to, so it runs on the v each D comes from."""
+    if scale == 1.0:
+        return cond
+    v_cond = levels.v_from_denoised(sigma, x, cond)
+    v_uncond = levels.v_from_denoised(sigma, x, uncond)
+    guided = v_uncond + scale * (v_cond - v_uncond)
+    if rescale > 0:
+        guided = rescale_guidance(guided, v_cond, rescale)
+    return levels.denoised(sigma, x, guided)
 
 
 class GuidedModel:
@@ -180,25 +212,94 @@ def sample_ddim(
     stop sampling with SamplingOverflowError (checked at the first step, every FINITE_CHECK_EVERY
     steps and at the last).
     """
-    bad = None
+    check = FiniteCheck(len(plan))
     for i, step in enumerate(plan):
         t = torch.full((x.shape[0],), step.t, device=x.device, dtype=torch.long)
         eps, x0 = denoiser(x, t)
         noise = None
         if step.sigma > 0:
-            if noises is not None:
-                noise = noises[i].to(x)
-            else:
-                noise = torch.randn(x.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
-                noise = _to_like(noise, x)
+            noise = noises[i].to(x) if noises is not None else _draw(x, generator)
         x, x0 = ddim_update(x, eps, x0, step, noise)
-        nonfinite = ~torch.isfinite(x).all()
-        bad = nonfinite if bad is None else bad | nonfinite
-        if (i % FINITE_CHECK_EVERY == 0 or i == len(plan) - 1) and bad.item():
-            raise SamplingOverflowError(i + 1, len(plan), x.dtype)
+        check(i, x)
         if callback is not None:
             callback(i, x, x0)
     return x
+
+
+def level_plan(levels: NoiseLevels, sigmas: torch.Tensor, eta: float) -> list[DDIMStep]:
+    """The original's DDIM steps between consecutive noise levels (descending, `NoiseLevels` terms).
+
+    On the trained levels (timesteps the original can visit) the steps use its float32 alpha-bars,
+    and a run that ends at level 0 (t = 0) keeps its last x0 at the scale of the level it came from,
+    as the original's last step does; that is `ddim_plan` exactly. Between trained levels the
+    alpha-bars and scales are the ones `NoiseLevels` gives there."""
+    sigmas = sigmas.detach().float().cpu()
+    ts = levels.timestep(sigmas)
+    schedule = levels.schedule
+    trained = bool((ts - ts.round()).abs().max() < 1e-6)
+    if trained:
+        alphas = schedule.alphas_cumprod[ts.round().long()]
+        scales = levels.scale[ts.round().long()]
+    else:
+        c = levels.coefficients(sigmas)
+        alphas, scales = (c.sqrt_alpha**2).float(), c.scale
+    rescale = scales[1:] / scales[:-1]
+    if float(sigmas[-1]) == 0.0:
+        rescale[-1] = 1.0
+    return ddim_steps(ts[:-1], alphas[:-1], alphas[1:], rescale, eta)
+
+
+def sample_ddim_levels(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    levels: NoiseLevels,
+    eta: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """The original's DDIM (`level_plan`) for a sampler host that works in noise levels: x at level
+    `sigmas[0]` (`NoiseLevels` terms, e.g. ComfyUI's sampler input) -> x at `sigmas[-1]`.
+
+    `denoiser(x, sigma (b,)) -> D` is the host's guided model. Each step splits D into x0 and eps,
+    takes the original's step on the noisy latent x_t and goes back to the host's terms, so with
+    eta 0 it is an Euler step and with eta > 0 it draws its noise from `generator` like `sample_ddim`.
+    `callback(i, x, D)` runs after every step.
+    """
+    plan = level_plan(levels, sigmas, eta)
+    check = FiniteCheck(len(plan))
+    for i, step in enumerate(plan):
+        sigma = sigmas[i].expand(x.shape[0]).to(x.device)
+        denoised = denoiser(x, sigma)
+        x0, eps = levels.split(sigma, x, denoised)
+        scale = levels.coefficients(sigma).scale
+        pred_x0 = x0 * scale.to(x).reshape(-1, *([1] * (x.ndim - 1)))  # the original's x0, at its scale
+        noise = _draw(x, generator) if step.sigma > 0 else None
+        x_prev, _ = ddim_update(x, eps, pred_x0, step, noise)
+        x = levels.from_latent(sigmas[i + 1].expand(x.shape[0]), x_prev)
+        check(i, x)
+        if callback is not None:
+            callback(i, x, denoised)
+    return x
+
+
+class FiniteCheck:
+    """Raises SamplingOverflowError once sampling produced NaN/inf: checked at the first step, every
+    FINITE_CHECK_EVERY steps and at the last (each check waits for the device)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.bad = steps, None
+
+    def __call__(self, i: int, x: torch.Tensor) -> None:
+        nonfinite = ~torch.isfinite(x).all()
+        self.bad = nonfinite if self.bad is None else self.bad | nonfinite
+        if (i % FINITE_CHECK_EVERY == 0 or i == self.steps - 1) and self.bad.item():
+            raise SamplingOverflowError(i + 1, self.steps, x.dtype)
+
+
+def _draw(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    noise = torch.randn(like.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
+    return _to_like(noise, like)
 
 
 def _to_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
