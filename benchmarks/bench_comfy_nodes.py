@@ -2,6 +2,10 @@
 random-weight full-size fp16 checkpoint, and reports each node's time and peak VRAM.
 
     python3 benchmarks/bench_comfy_nodes.py --comfy PATH/TO/ComfyUI --budget-gib 8 --lowvram
+    python3 benchmarks/bench_comfy_nodes.py --comfy PATH/TO/ComfyUI --sampler ipndm --scheduler beta --steps 16
+
+`--sampler`: the stock KSampler on the loader's MODEL (with ToonCrafter Guidance Rescale 0.7) instead of
+ToonCrafter Sampler (the original's DDIM, eta 1).
 
 `--budget-gib N` makes ComfyUI believe the card has about N GiB (it reserves the rest through
 `--reserve-vram`), which is how a small card is emulated on a big one.
@@ -36,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lowvram", action="store_true")
     p.add_argument("--novram", action="store_true")
     p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", help="a ComfyUI sampler name: sample with the stock KSampler on the native MODEL")
+    p.add_argument("--scheduler", default="simple", help="the KSampler's scheduler (with --sampler)")
     p.add_argument("--weight-dtype", default="auto")
     p.add_argument("--chunk", type=int, default=0, help="frames_per_chunk of the decode node (0: auto)")
     p.add_argument("--ckpt", help="an existing checkpoint in --ckpt-dir instead of a random full-size one")
@@ -86,7 +92,9 @@ def main(argv=None) -> int:
     pack = importlib.util.module_from_spec(spec)
     sys.modules["tc_pack"] = pack
     spec.loader.exec_module(pack)
-    from tc_pack.nodes import conditioning, decoder, loader, sampler
+    import nodes as comfy_nodes
+
+    from tc_pack.nodes import conditioning, decoder, loader, native, sampler
 
     ckpt = args.ckpt or make_checkpoint(args.ckpt_dir)
     folder_paths.add_model_folder_path("tooncrafter", str(args.ckpt_dir), is_default=True)
@@ -103,7 +111,7 @@ def main(argv=None) -> int:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = fn().result
+        out = fn()
         if cuda:
             torch.cuda.synchronize()
         results[label] = {
@@ -115,14 +123,22 @@ def main(argv=None) -> int:
                  results[label]["peak_gib"], results[label]["resident_gib_after"])
         return out
 
-    (model,) = run("load", lambda: loader.LoadToonCrafterModel.execute(ckpt, args.weight_dtype))
+    model, native_model = run("load", lambda: loader.LoadToonCrafterModel.execute(ckpt, args.weight_dtype).result)
     pos, neg, latent = run("conditioning", lambda: conditioning.ToonCrafterConditioning.execute(
         model, image("tooncrafter_start.png"), image("tooncrafter_end.png"), "a cartoon ball jumps", "", 10, args.width, args.height,
-        "crop", 0))
-    sample_args = (model, pos, neg, latent, 123, args.steps, 7.5, 1.0, 0.7, "uniform_trailing")
-    run("sample (cold)", lambda: sampler.ToonCrafterSampler.execute(*sample_args))
-    (samples,) = run("sample (warm)", lambda: sampler.ToonCrafterSampler.execute(*sample_args))
-    (video,) = run("decode", lambda: decoder.ToonCrafterDecode.execute(model, samples, args.chunk, True))
+        "crop", 0).result)
+    if args.sampler:
+        rescaled = native.ToonCrafterGuidanceRescale.execute(native_model, 0.7).result[0]
+
+        def sample():
+            return comfy_nodes.KSampler().sample(rescaled, 123, args.steps, 7.5, args.sampler, args.scheduler, pos, neg, latent)
+    else:
+        def sample():
+            return sampler.ToonCrafterSampler.execute(
+                model, pos, neg, latent, 123, args.steps, 7.5, 1.0, 0.7, "uniform_trailing").result
+    run("sample (cold)", sample)
+    (samples,) = run("sample (warm)", sample)
+    (video,) = run("decode", lambda: decoder.ToonCrafterDecode.execute(model, samples, args.chunk, True).result)
     arr = video.cpu().numpy()
     summary = {
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -132,6 +148,8 @@ def main(argv=None) -> int:
         "novram": args.novram,
         "vram_state": str(mm.vram_state),
         "steps": args.steps,
+        "sampler": args.sampler or "ToonCrafter Sampler (DDIM, eta 1)",
+        "scheduler": args.scheduler if args.sampler else "uniform_trailing",
         "frames": list(arr.shape),
         "finite": bool(np.isfinite(arr).all()),
         "nodes": results,

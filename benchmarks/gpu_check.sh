@@ -1,38 +1,85 @@
 #!/usr/bin/env bash
-# The GPU measurements of the speed/memory work in one go (about 10 minutes on an H200):
-# 16 frames 320x512, 50 and 25 steps, fp16 and bf16, fp8 weight storage, channels-last, and
-# torch.compile. Each run writes its JSON to $OUT (or benchmarks/results/) named after the card.
+# The GPU measurements in one go (about 10 minutes on an H200): 16 frames 320x512, 50 and 25 steps,
+# fp16 and bf16, fp8 weight storage, channels-last, torch.compile, and, with ComfyUI, the nodes
+# normal and with a 6 GiB budget under --lowvram and the native MODEL with the stock KSampler at the
+# fast setting of workflows/tooncrafter_ksampler.json. Each run writes its JSON to $OUT (or
+# benchmarks/results/) named after the card.
 #
-#   bash benchmarks/gpu_check.sh                  # everything
-#   bash benchmarks/gpu_check.sh eager            # without the compile runs
-#   COMFY=/path/to/ComfyUI bash benchmarks/gpu_check.sh   # also the nodes under ComfyUI, normal
-#                                                  # and with a 6 GiB budget under --lowvram
+#   COMFY=.comfyui bash benchmarks/gpu_check.sh           # everything (ComfyUI copied into the repo: the
+#                                                         # device machine gets the repo and nothing beside it)
+#   bash benchmarks/gpu_check.sh eager                    # without the compile runs
+#   COMFY=../shared/comfyui bash benchmarks/gpu_check.sh dry-run   # every run on the CPU with the tiny fixture
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-out="${OUT:-benchmarks/results}"
-mkdir -p "$out"
-card="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_' | tr 'A-Z' 'a-z')"
-bench=(python3 benchmarks/bench_interpolate.py --device cuda --runs 2)
+mode="${1:-all}"
 export PYTHONUNBUFFERED=1
+comfy="${COMFY:-}"
+failures=0
+
+if [ "$mode" = "dry-run" ]; then
+    # Every command of the GPU run, on the CPU with the tiny fixture, into a scratch folder: a mistake
+    # here would otherwise cost device time.
+    out="${OUT:-$(mktemp -d)}"
+    card="dryrun_cpu"
+    tiny="${TINY:-../shared/reference/tiny-4f-64x64}"
+    bench=(python3 benchmarks/bench_interpolate.py --device cpu --runs 1 --tiny "$tiny" --warmup-steps 1 --phase-steps 1)
+    steps50=(--steps 3)
+    steps25=(--steps 2)
+    dtypes=(--dtypes fp32)
+    ckpt_dir="$(mktemp -d)"
+    cp "$tiny/model.safetensors" "$ckpt_dir/tiny.safetensors"
+    cp "$tiny/config.yaml" "$ckpt_dir/tiny.yaml"
+    cp "$tiny/TC-Tiny.json" "$ckpt_dir/"
+    nodes=(--ckpt-dir "$ckpt_dir" --ckpt tiny.safetensors --width 64 --height 64 --steps 3)
+    fast_steps=4
+else
+    out="${OUT:-benchmarks/results}"
+    card="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_' | tr 'A-Z' 'a-z')"
+    bench=(python3 benchmarks/bench_interpolate.py --device cuda --runs 2)
+    steps50=(--steps 50)
+    steps25=(--steps 25)
+    dtypes=(--dtypes fp16,bf16)
+    nodes=()
+    fast_steps=16
+fi
+mkdir -p "$out"
 
 run() {  # name, then bench_interpolate arguments
     local name="$1"
     shift
     echo "=== $name"
-    "${bench[@]}" "$@" --json "$out/${card}_${name}.json" 2>&1 | grep -E "summary|dtype|^ *(fp16|bf16|fp32) |failed|Error" || true
+    if ! "${bench[@]}" "$@" --json "$out/${card}_${name}.json" > "$out/${card}_${name}.log" 2>&1; then
+        failures=$((failures + 1))
+        tail -n 20 "$out/${card}_${name}.log"
+    fi
+    grep -E "summary|failed|Error" "$out/${card}_${name}.log" || true
 }
 
-run steps50 --dtypes fp16,bf16 --steps 50
-run steps25 --dtypes fp16,bf16 --steps 25
-run fp8_e4m3fn --dtypes bf16 --weight-dtype fp8_e4m3fn --steps 50
-run channels_last --dtypes fp16,bf16 --steps 50 --channels-last
-if [ "${1:-}" != "eager" ]; then
+nodes_run() {  # name, then bench_comfy_nodes arguments
+    local name="$1"
+    shift
+    echo "=== $name"
+    if ! python3 benchmarks/bench_comfy_nodes.py --comfy "$comfy" "${nodes[@]}" "$@" --json "$out/${card}_${name}.json" \
+            > "$out/${card}_${name}.log" 2>&1; then
+        failures=$((failures + 1))
+        tail -n 20 "$out/${card}_${name}.log"
+    fi
+}
+
+run steps50 "${dtypes[@]}" "${steps50[@]}"
+run steps25 "${dtypes[@]}" "${steps25[@]}"
+run fp8_e4m3fn --dtypes "$([ "$mode" = dry-run ] && echo fp32 || echo bf16)" --weight-dtype fp8_e4m3fn "${steps50[@]}"
+run channels_last "${dtypes[@]}" "${steps50[@]}" --channels-last
+if [ "$mode" = "all" ]; then
     run compile --dtypes fp16 --steps 50 --compile --compile-mode max-autotune-no-cudagraphs
     run compile_cudagraphs --dtypes fp16 --steps 50 --compile --compile-mode reduce-overhead
 fi
-if [ -n "${COMFY:-}" ]; then
-    python3 benchmarks/bench_comfy_nodes.py --comfy "$COMFY" --json "$out/${card}_comfy_normal.json"
-    python3 benchmarks/bench_comfy_nodes.py --comfy "$COMFY" --budget-gib 6 --lowvram --json "$out/${card}_comfy_6gib_lowvram.json"
+if [ -n "$comfy" ]; then
+    nodes_run comfy_normal
+    nodes_run comfy_6gib_lowvram --budget-gib 6 --lowvram
+    nodes_run comfy_native_ipndm_beta_${fast_steps} --sampler ipndm --scheduler beta --steps "$fast_steps"
 fi
 ls -l "$out"
+echo "failed runs: $failures"
+exit $((failures > 0))

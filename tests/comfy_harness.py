@@ -99,6 +99,22 @@ def pack_import_errors(log_text: str) -> list[str]:
     ]
 
 
+def comfy_sampler_names() -> list[str]:
+    """`comfy.samplers.KSampler.SAMPLERS` of the pinned ComfyUI, read from its source without importing
+    it (test parameters are collected before any ComfyUI runs): KSAMPLER_NAMES + the extra names."""
+    import ast
+
+    tree = ast.parse((COMFYUI_SOURCE / "comfy" / "samplers.py").read_text())
+    assigned = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    extra = assigned["SAMPLER_NAMES"]
+    assert isinstance(extra, ast.BinOp) and isinstance(extra.left, ast.Name) and extra.left.id == "KSAMPLER_NAMES"
+    return ast.literal_eval(assigned["KSAMPLER_NAMES"]) + ast.literal_eval(extra.right)
+
+
 def pack_node_types(object_info: dict) -> set[str]:
     """Node types in `object_info` that this pack registered."""
     module = f"custom_nodes.{PACK_NAME}"

@@ -2,7 +2,15 @@
 
 import pytest
 from comfy_harness import ComfyServer, FrontendSession
-from helpers import TINY_LORA, TINY_SKETCH_ENCODER, tiny_checkpoint, tiny_lora, tiny_sketch_encoder
+from helpers import (
+    TINY_KOHYA_LORA,
+    TINY_LORA,
+    TINY_SKETCH_ENCODER,
+    tiny_checkpoint,
+    tiny_kohya_lora,
+    tiny_lora,
+    tiny_sketch_encoder,
+)
 
 
 @pytest.fixture(scope="session")
@@ -10,9 +18,11 @@ def comfy_server(tmp_path_factory):
     """A running ComfyUI with this pack linked in and the tiny ToonCrafter model, a LoRA and a sketch encoder for it staged."""
     # Text and image encoders in fp32 as in the core (ComfyUI's CPU default is fp16, which moves the tiny
     # model's frames by up to 0.6/255): frame comparisons with the core then see PNG rounding only.
-    server = ComfyServer(tmp_path_factory.mktemp("comfyui"), extra_args=("--fp32-text-enc",))
+    # Latent previews on, as users run ComfyUI, so the progress messages carry them.
+    server = ComfyServer(tmp_path_factory.mktemp("comfyui"), extra_args=("--fp32-text-enc", "--preview-method", "latent2rgb"))
     tiny_checkpoint(server.tooncrafter_models_dir, stem="tooncrafter_tiny")
     tiny_lora(server.models_dir / "loras" / TINY_LORA)
+    tiny_kohya_lora(server.models_dir / "loras" / TINY_KOHYA_LORA)
     tiny_sketch_encoder(server.models_dir / "controlnet" / TINY_SKETCH_ENCODER)
     with server:
         yield server

@@ -126,6 +126,19 @@ def tiny_lora(path: Path, case: Path = TINY) -> Path:
     return save_peft_lora(path.parent, random_lora(unet), TINY_LORA_ALPHA)
 
 
+# The same factors as a kohya-style file, for ComfyUI's own LoRA loaders on the native MODEL.
+TINY_KOHYA_LORA = "tiny_kohya.safetensors"
+
+
+def tiny_kohya_lora(path: Path, case: Path = TINY) -> Path:
+    """`tiny_lora`'s factors and alpha as a kohya-style file at `path`."""
+    from safetensors.torch import load_file
+
+    prefix = "model.diffusion_model."
+    unet = {k[len(prefix) :]: v for k, v in load_file(str(case / "model.safetensors")).items() if k.startswith(prefix)}
+    return save_kohya_lora(path, random_lora(unet), TINY_LORA_ALPHA)
+
+
 TINY_SKETCH_ENCODER = "tooncrafter_tiny_sketch.safetensors"
 
 

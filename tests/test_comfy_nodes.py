@@ -106,7 +106,10 @@ def _tiny_settings(api: dict) -> None:
         _set(api, "ToonCrafterSequence", width=64, height=64, steps=2)
         return
     _set(api, "ToonCrafterConditioning", width=64, height=64)
-    _set(api, "ToonCrafterSampler", steps=3)
+    if any(n["class_type"] == "KSampler" for n in api.values()):
+        _set(api, "KSampler", steps=4)  # the workflow's own sampler and scheduler, fewer steps
+    else:
+        _set(api, "ToonCrafterSampler", steps=3)
     if any(n["class_type"] == "ToonCrafterApplySketch" for n in api.values()):
         _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
         _set(api, "ToonCrafterApplySketch", frame_indices="1, 2")  # the tiny model's 4 frames
@@ -142,7 +145,10 @@ def test_pruned_workflow_runs_with_comfyui_clip_and_clip_vision(comfy_server):
     _set(api, "CLIPVisionLoader", clip_name=CLIP_VISION_NAME)
     _set(api, "ToonCrafterModelLoader", ckpt_name=f"{PRUNED_STEM}.safetensors")
     _set(api, "ToonCrafterConditioning", width=64, height=64)
-    _set(api, "ToonCrafterSampler", steps=3)
+    if any(n["class_type"] == "KSampler" for n in api.values()):
+        _set(api, "KSampler", steps=4)  # the workflow's own sampler and scheduler, fewer steps
+    else:
+        _set(api, "ToonCrafterSampler", steps=3)
     if any(n["class_type"] == "ToonCrafterApplySketch" for n in api.values()):
         _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
         _set(api, "ToonCrafterApplySketch", frame_indices="1, 2")  # the tiny model's 4 frames
