@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                  results[label]["peak_gib"], results[label]["resident_gib_after"])
         return out
 
-    model, native_model = run("load", lambda: loader.LoadToonCrafterModel.execute(ckpt, args.weight_dtype).result)
+    model, native_model, _ = run("load", lambda: loader.LoadToonCrafterModel.execute(ckpt, args.weight_dtype).result)
     pos, neg, latent = run("conditioning", lambda: conditioning.ToonCrafterConditioning.execute(
         model, image("tooncrafter_start.png"), image("tooncrafter_end.png"), "a cartoon ball jumps", "", 10, args.width, args.height,
         "crop", 0).result)

@@ -55,6 +55,11 @@ class LoadToonCrafterModel(io.ComfyNode):
                     tooltip="The UNet as a native ComfyUI model for KSampler, SamplerCustomAdvanced and the LoRA "
                     "loaders; its conditioning comes from ToonCrafter Conditioning, its latents go to ToonCrafter Decode",
                 ),
+                io.Clip.Output(
+                    display_name="CLIP",
+                    tooltip="The checkpoint's OpenCLIP ViT-H text encoder for CLIPTextEncode (then ToonCrafter Image "
+                    "Conditioning); none in the pruned checkpoint",
+                ),
             ],
         )
 
@@ -67,4 +72,4 @@ class LoadToonCrafterModel(io.ComfyNode):
     @classmethod
     def execute(cls, ckpt_name, weight_dtype, compile=False) -> io.NodeOutput:
         handle = tc_model.load(ckpt_name, weight_dtype, compile)
-        return io.NodeOutput(handle, handle.unet)
+        return io.NodeOutput(handle, handle.unet, handle.clip)

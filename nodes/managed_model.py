@@ -14,12 +14,12 @@ from typing import Optional
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import comfy.sample
+import comfy.sd
 import folder_paths
 import torch
 from comfy.weight_adapter import LoRAAdapter
 from torch import nn
-
-import comfy.sample
 
 from ..tooncrafter_core import frames, pipeline, sketches
 from ..tooncrafter_core.models.config import DECODE_OVERLAP, ModelConfig
@@ -122,11 +122,17 @@ class ToonCrafterModel:
     unet: comfy.model_patcher.ModelPatcher  # the native MODEL: ToonCrafterNativeModel around the UNet
     vae: comfy.model_patcher.ModelPatcher
     image_proj: comfy.model_patcher.ModelPatcher  # the Resampler, always in the file
-    text: Optional[comfy.model_patcher.ModelPatcher]  # None for the pruned file
+    text: Optional[comfy.model_patcher.ModelPatcher]  # None for the pruned file; the `clip`'s patcher
     vision: Optional[comfy.model_patcher.ModelPatcher]
     unet_dtype: torch.dtype
     vae_dtype: torch.dtype
     encoder_dtype: torch.dtype
+    clip: Optional[comfy.sd.CLIP] = None  # the text encoder for CLIPTextEncode (None for the pruned file)
+
+    @property
+    def text_encoder(self):
+        """The core's text encoder inside the `text` patcher."""
+        return self.text.model.encoder
 
     @property
     def has_encoders(self) -> bool:
@@ -168,6 +174,10 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
         )
     vae_device = mm.vae_device()
     enc_device = mm.text_encoder_device()
+    encoder_dtype = mm.text_encoder_dtype(enc_device)
+    clip = None
+    if model.cond_stage_model is not None:
+        clip = native_model.checkpoint_clip(model.cond_stage_model, encoder_dtype, enc_device, mm.text_encoder_offload_device())
     handle = ToonCrafterModel(
         name=name,
         config=model.config,
@@ -177,11 +187,12 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
         ),
         vae=_patcher(model.vae, vae_device, mm.vae_offload_device()),
         image_proj=_patcher(model.image_proj_model, enc_device, mm.text_encoder_offload_device()),
-        text=_patcher(model.cond_stage_model, enc_device, mm.text_encoder_offload_device()) if model.cond_stage_model else None,
+        text=clip.patcher if clip is not None else None,
         vision=_patcher(model.embedder, enc_device, mm.text_encoder_offload_device()) if model.embedder else None,
         unet_dtype=unet_dtype,
         vae_dtype=mm.vae_dtype(vae_device, [torch.bfloat16, torch.float32]),
-        encoder_dtype=mm.text_encoder_dtype(enc_device),
+        encoder_dtype=encoder_dtype,
+        clip=clip,
     )
     log.info(
         "ToonCrafter %s loaded: weights %s, UNet compute %s on %s, encoders %s",
@@ -222,7 +233,7 @@ def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> tor
         )
     mm.load_models_gpu([handle.text])
     with torch.inference_mode():
-        ctx = pipeline.encode_prompts(handle.text.model, prompts, handle.text.load_device, handle.encoder_dtype)
+        ctx = pipeline.encode_prompts(handle.text_encoder, prompts, handle.text.load_device, handle.encoder_dtype)
     return _out(ctx)
 
 

@@ -14,16 +14,22 @@ from typing import Optional
 
 import comfy.conds
 import comfy.controlnet
+import comfy.hooks
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.samplers
+import comfy.sd
+import comfy.sd1_clip
 import comfy.supported_models_base
+import folder_paths
 import torch
+from comfy.text_encoders.sd2_clip import SD2Tokenizer
 
 from ..tooncrafter_core import pipeline
+from ..tooncrafter_core.models.encoders import TextEncoder
 from ..tooncrafter_core.models.schedule import Schedule
 from ..tooncrafter_core.models.sketch_encoder import SketchEncoder, controls
 from ..tooncrafter_core.models.unet import UNetModel
@@ -291,3 +297,58 @@ def _sketch_residuals(control: dict) -> list[torch.Tensor]:
             "only ToonCrafter Apply Sketch can steer the ToonCrafter model; SD ControlNets do not fit its UNet"
         )
     return [*skips, middle[0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint's text encoder as a ComfyUI CLIP
+
+
+class ToonCrafterTextClip(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder):
+    """The checkpoint's OpenCLIP ViT-H text tower behind ComfyUI's CLIP interface: ComfyUI's SD 2.x
+    tokens (prompt weights included) in, the original's features out (the penultimate layer and the
+    final LayerNorm; CLIPSetLastLayer picks another layer)."""
+
+    special_tokens = {"start": 49406, "end": 49407, "pad": 0}
+
+    def __init__(self, encoder: TextEncoder, dtype: torch.dtype):
+        super().__init__()
+        self.encoder = encoder
+        self.dtype = dtype
+        self.dtypes = {dtype}
+        self.layer_idx = None
+
+    def set_clip_options(self, options):
+        self.layer_idx = options.get("layer", self.layer_idx)
+
+    def reset_clip_options(self):
+        self.layer_idx = None
+
+    def encode_token_weights(self, token_weight_pairs):
+        return comfy.sd1_clip.ClipTokenWeightEncoder.encode_token_weights(self, token_weight_pairs["h"])
+
+    def encode(self, tokens):
+        if any(not isinstance(t, int) for row in tokens for t in row):
+            raise pipeline.InputError(
+                "textual-inversion embeddings (embedding:...) are not supported by ToonCrafter's text encoder; "
+                "remove them from the prompt"
+            )
+        device = next(self.encoder.parameters()).device
+        skip = None if self.layer_idx is None else -self.layer_idx - 1
+        ids = torch.tensor(tokens, dtype=torch.long, device=device)
+        return self.encoder.model(ids, self.dtype, skip_last=skip).float(), None
+
+
+def checkpoint_clip(encoder: TextEncoder, dtype: torch.dtype, load_device, offload_device) -> comfy.sd.CLIP:
+    """A CLIP for CLIPTextEncode around the checkpoint's own text encoder (no second copy): its
+    patcher is the one ComfyUI manages the text encoder with."""
+    clip = comfy.sd.CLIP(no_init=True)
+    clip.cond_stage_model = ToonCrafterTextClip(encoder, dtype)
+    clip.tokenizer = SD2Tokenizer(embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    clip.patcher = comfy.model_patcher.ModelPatcher(clip.cond_stage_model, load_device=load_device, offload_device=offload_device)
+    clip.patcher.hook_mode = comfy.hooks.EnumHookMode.MinVram
+    clip.patcher.is_clip = True
+    clip.apply_hooks_to_conds = None
+    clip.layer_idx = None
+    clip.use_clip_schedule = False
+    clip.tokenizer_options = {}
+    return clip

@@ -376,7 +376,7 @@ NODE_SCRIPT = """
 
     before = run()
     stages = {{
-        "text encoder": (handle.text.model, 1, interrupt),
+        "text encoder": (handle.text.model.encoder, 1, interrupt),
         "image encoder": (handle.vision.model.model.visual, 1, interrupt),
         "resampler": (handle.image_proj.model, 1, interrupt),
         "vae encode": (handle.vae.model.encoder, 1, interrupt),

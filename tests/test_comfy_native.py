@@ -114,6 +114,34 @@ PARITY = """
     mm.LoadedModel.model_load = model_load
     out["lowvram_partially_loaded"] = bool(seen and seen[0])
     out["lowvram_vs_full"] = rel(low, full)
+
+    # The loader's CLIP: ComfyUI's SD 2.x tokens through the checkpoint's own text encoder.
+    from tc_pack.nodes.loader import LoadToonCrafterModel
+    from tc_pack.nodes.native import ToonCrafterImageConditioning
+    from tc_pack.tooncrafter_core.models.encoders import tokenize
+    _, model_out, clip = LoadToonCrafterModel.execute("tiny.safetensors", "auto").result
+    prompts = ["a ball jumps", "A Cheerful cartoon ball, jumps UP & waves!!", "", "cafe 123 over the hill"]
+    theirs = [[t for t, _ in clip.tokenize(p)["h"][0]] for p in prompts]
+    out["tokens_equal"] = theirs == tokenize(prompts).tolist()
+    encode = comfy_nodes.CLIPTextEncode().encode
+    text_pos, text_neg = encode(clip, "a ball jumps")[0], encode(clip, "")[0]
+    ipos, ineg, ilat = ToonCrafterImageConditioning.execute(handle, text_pos, text_neg, start, end, 10, 64, 64, "crop", 0).result
+    out["clip_context"] = rel(ipos[0][0], pos[0][0])
+    out["clip_negative_context"] = rel(ineg[0][0], neg[0][0])
+    via_clip = comfy_nodes.KSampler().sample(rescaled, SEED, 4, 7.5, "euler", "simple", ipos, ineg, ilat)[0]["samples"]
+    out["clip_latents"] = rel(via_clip, ksampler(rescaled, steps=4)["samples"])
+    weighted = encode(clip, "a (ball:1.5) jumps")[0]
+    out["weighted_prompt_changes"] = rel(weighted[0][0], text_pos[0][0])
+    sys.path.insert(0, {tests!r})
+    from helpers import TINY_KOHYA_LORA, tiny_kohya_lora
+    loras = Path(tempfile.mkdtemp())
+    tiny_kohya_lora(loras / TINY_KOHYA_LORA)
+    folder_paths.add_model_folder_path("loras", str(loras), is_default=True)
+    lora_model, lora_clip = comfy_nodes.LoraLoader().load_lora(handle.unet, clip, TINY_KOHYA_LORA, 1.0, 1.0)
+    with_lora = ksampler(lora_model, steps=4)["samples"]
+    out["lora_loader_changes"] = rel(with_lora, ksampler(handle.unet, steps=4)["samples"])
+    out["lora_loader_finite"] = bool(torch.isfinite(with_lora).all())
+    out["lora_loader_clip_same_text"] = rel(encode(lora_clip, "a ball jumps")[0][0][0], text_pos[0][0])
     print("RESULTS " + json.dumps(out))
 """
 
@@ -185,6 +213,18 @@ def test_the_same_seed_gives_the_same_frames_in_the_cli_the_four_nodes_and_the_n
 def test_lowvram_partial_loading_of_the_native_model_gives_the_full_loads_latents(parity):
     assert parity["lowvram_partially_loaded"], parity
     assert parity["lowvram_vs_full"] < 1e-5, parity
+
+
+def test_the_loaders_clip_encodes_text_as_the_conditioning_node_does(parity):
+    assert parity["tokens_equal"]
+    assert parity["clip_context"] < 1e-6 and parity["clip_negative_context"] < 1e-6, parity
+    assert parity["clip_latents"] < 1e-6, parity
+    assert parity["weighted_prompt_changes"] > 1e-3  # ComfyUI's (word:weight) syntax works on it
+
+
+def test_lora_loader_with_model_and_clip_patches_the_unet_and_leaves_the_text_encoder(parity):
+    assert parity["lora_loader_finite"] and parity["lora_loader_changes"] > 1e-2, parity
+    assert parity["lora_loader_clip_same_text"] == 0.0, parity
 
 
 def test_the_sampler_list_is_read_from_the_pinned_comfyui(sweep):

@@ -19,7 +19,7 @@ TINY_CKPT = "tooncrafter_tiny.safetensors"
 
 # The node reference of README.md: every node, its inputs in order, and its outputs.
 DOCUMENTED = {
-    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model", "MODEL"]),
+    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model", "MODEL", "CLIP"]),
     "ToonCrafterLoraLoader": (["model", "lora_name", "strength"], ["model"]),
     "ToonCrafterConditioning": (
         ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",

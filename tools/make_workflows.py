@@ -110,7 +110,7 @@ class Graph:
 
 
 MODEL_T = ("model", "TOONCRAFTER_MODEL")
-LOADER_OUTPUTS = [MODEL_T, ("MODEL", "MODEL")]
+LOADER_OUTPUTS = [MODEL_T, ("MODEL", "MODEL"), ("CLIP", "CLIP")]
 # The fewest steps at which a stock sampler matched DDIM-50's error in docs/native-model.md.
 FAST_SAMPLER, FAST_SCHEDULER, FAST_STEPS = "ipndm", "beta", 16
 

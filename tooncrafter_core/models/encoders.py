@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,11 +125,12 @@ class TextTower(nn.Module):
         self.text_projection = nn.Parameter(torch.empty(cfg.width, cfg.embed_dim, **kw))
         self.logit_scale = nn.Parameter(torch.empty((), **kw))
 
-    def forward(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """tokens (b 77) -> (b 77 width): layer `layers - layers_skipped`, then ln_final."""
+    def forward(self, tokens: torch.Tensor, dtype: torch.dtype, skip_last: Optional[int] = None) -> torch.Tensor:
+        """tokens (b 77) -> (b 77 width): layer `layers - skip_last` (default: the config's
+        `layers_skipped`, the original's penultimate layer), then ln_final."""
         x = self.token_embedding(tokens).to(dtype)
         x = x + param(self.positional_embedding, x)
-        x = self.transformer(x, causal=True, skip_last=self.config.layers_skipped)
+        x = self.transformer(x, causal=True, skip_last=self.config.layers_skipped if skip_last is None else skip_last)
         return self.ln_final(x)
 
 
