@@ -2,7 +2,8 @@
 # The GPU measurements in one go (about 10 minutes on an H200): 16 frames 320x512, 50 and 25 steps,
 # fp16 and bf16, fp8 weight storage, channels-last, torch.compile, and, with ComfyUI, the nodes
 # normal and with a 6 GiB budget under --lowvram and the native MODEL with the stock KSampler at the
-# fast setting of workflows/tooncrafter_ksampler.json. Each run writes its JSON to $OUT (or
+# fast setting of workflows/tooncrafter_ksampler.json, and one rank-16 LoRA training step (peak memory,
+# s/step, with and without gradient checkpointing). Each run writes its JSON to $OUT (or
 # benchmarks/results/) named after the card.
 #
 #   COMFY=.comfyui bash benchmarks/gpu_check.sh           # everything (ComfyUI copied into the repo: the
@@ -33,6 +34,7 @@ if [ "$mode" = "dry-run" ]; then
     cp "$tiny/TC-Tiny.json" "$ckpt_dir/"
     nodes=(--ckpt-dir "$ckpt_dir" --ckpt tiny.safetensors --width 64 --height 64 --steps 3)
     fast_steps=4
+    train=(python3 benchmarks/bench_train.py --device cpu --tiny --sizes 64x64 128x128 --frames 4)
 else
     out="${OUT:-benchmarks/results}"
     card="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1 | tr -c 'A-Za-z0-9\n' '_' | tr 'A-Z' 'a-z')"
@@ -42,6 +44,7 @@ else
     dtypes=(--dtypes fp16,bf16)
     nodes=()
     fast_steps=16
+    train=(python3 benchmarks/bench_train.py --device cuda --sizes 320x512 --frames 16)
 fi
 mkdir -p "$out"
 
@@ -74,6 +77,11 @@ run channels_last "${dtypes[@]}" "${steps50[@]}" --channels-last
 if [ "$mode" = "all" ]; then
     run compile --dtypes fp16 --steps 50 --compile --compile-mode max-autotune-no-cudagraphs
     run compile_cudagraphs --dtypes fp16 --steps 50 --compile --compile-mode reduce-overhead
+fi
+echo "=== train_step"
+if ! "${train[@]}" --json "$out/${card}_train_step.json" > "$out/${card}_train_step.log" 2>&1; then
+    failures=$((failures + 1))
+    tail -n 20 "$out/${card}_train_step.log"
 fi
 if [ -n "$comfy" ]; then
     nodes_run comfy_normal

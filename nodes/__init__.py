@@ -8,9 +8,10 @@ from .native import ToonCrafterDDIM, ToonCrafterGuidanceRescale, ToonCrafterImag
 from .sampler import ToonCrafterSampler
 from .sequence import ToonCrafterSequence
 from .sketch import LoadToonCrafterSketchEncoder, ToonCrafterApplySketch
+from .training import ToonCrafterTrainLora
 
 NODES = [
     LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence,
     LoadToonCrafterSketchEncoder, ToonCrafterApplySketch, ToonCrafterImageConditioning, ToonCrafterDDIM, ToonCrafterSigmas,
-    ToonCrafterGuidanceRescale,
+    ToonCrafterGuidanceRescale, ToonCrafterTrainLora,
 ]

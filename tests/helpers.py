@@ -150,3 +150,23 @@ def tiny_sketch_encoder(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float() for k, v in state.items()}, str(path))
     return path
+
+
+def make_clips(root: Path, clips: int = 4, frames: int = 6, size: tuple[int, int] = (64, 64)) -> Path:
+    """Clip folders of a disc moving across a gradient (a different colour and path per clip), with a
+    prompt.txt each: training data for the tiny fixture."""
+    from PIL import Image, ImageDraw
+
+    w, h = size
+    for c in range(clips):
+        folder = root / f"clip_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in range(frames):
+            im = Image.linear_gradient("L").resize((w, h)).convert("RGB")
+            x = w * (0.2 + 0.6 * f / (frames - 1))
+            y = h * (0.3 + 0.4 * ((c + f) % 3) / 2)
+            r = h / 6
+            ImageDraw.Draw(im).ellipse([x - r, y - r, x + r, y + r], fill=(255, 60 * c % 256, 40))
+            im.save(folder / f"{f:03d}.png")
+        (folder / "prompt.txt").write_text(f"a ball moves right, clip {c}")
+    return root

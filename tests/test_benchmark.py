@@ -59,9 +59,13 @@ def test_gpu_check_runs_every_command_on_the_cpu_in_its_dry_run(tmp_path):
                           timeout=900, env=env)
     assert proc.returncode == 0 and "failed runs: 0" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = {"steps50", "steps25", "fp8_e4m3fn", "channels_last", "comfy_normal", "comfy_6gib_lowvram",
-             "comfy_native_ipndm_beta_4"}
+             "comfy_native_ipndm_beta_4", "train_step"}
     for name in names:
         report = json.loads((tmp_path / f"dryrun_cpu_{name}.json").read_text())
         assert report, name
     native = json.loads((tmp_path / "dryrun_cpu_comfy_native_ipndm_beta_4.json").read_text())
     assert native["sampler"] == "ipndm" and native["scheduler"] == "beta" and native["steps"] == 4 and native["finite"]
+    train = json.loads((tmp_path / "dryrun_cpu_train_step.json").read_text())
+    assert set(train["runs"]) == {"64x64", "64x64_checkpointing", "128x128", "128x128_checkpointing"}
+    estimate = train["estimate_320x512"]
+    assert 0 < estimate["activations_with_gib"] < estimate["activations_without_gib"]

@@ -50,6 +50,11 @@ DOCUMENTED = {
     "ToonCrafterDDIMSampler": (["eta"], ["sampler"]),
     "ToonCrafterSigmas": (["model", "steps", "timestep_spacing"], ["sigmas"]),
     "ToonCrafterGuidanceRescale": (["model", "multiplier"], ["MODEL"]),
+    "ToonCrafterTrainLora": (
+        ["model", "data_folder", "lora_name", "steps", "learning_rate", "rank", "alpha", "width", "height", "frames",
+         "loss", "gradient_checkpointing", "seed", "prompt"],
+        ["model", "lora_name"],
+    ),
 }
 
 

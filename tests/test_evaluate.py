@@ -17,7 +17,7 @@ from helpers import random_lora, save_peft_lora, tiny_checkpoint
 from PIL import Image, ImageDraw
 from skimage.metrics import structural_similarity
 
-from tooncrafter_core import frames
+from tooncrafter_core import datasets, frames
 from tooncrafter_core.__main__ import main
 from tooncrafter_core.commands import evaluate
 from tooncrafter_core.pipeline import interpolate
@@ -48,7 +48,7 @@ def _make_triplets(root: Path, names: tuple[str, ...] = tuple(TRIPLETS)) -> Path
             continue
         folder = root / name
         folder.mkdir(parents=True)
-        for j, stem in enumerate(evaluate.FRAME_NAMES):
+        for j, stem in enumerate(datasets.FRAME_NAMES):
             _draw(w, h, w * (0.25 + 0.25 * j), hue=60 * i).save(folder / (stem + suffix))
     return root
 

@@ -67,20 +67,34 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
 
 
-def save_frames(frames: torch.Tensor, out_dir: str | Path, fps: int = 8) -> list[Path]:
-    """(t 3 H W) in [0, 1] -> frame_000.png ... and an animated preview.gif in out_dir."""
+def _pil_frames(frames: torch.Tensor) -> list:
+    """(t 3 H W) in [0, 1] -> PIL images, rounded to 8 bits."""
     import numpy as np
     from PIL import Image
 
+    arrays = (frames.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
+    return [Image.fromarray(a) for a in arrays]
+
+
+def save_frames(frames: torch.Tensor, out_dir: str | Path, fps: int = 8) -> list[Path]:
+    """(t 3 H W) in [0, 1] -> frame_000.png ... and an animated preview.gif in out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = (frames.permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).clip(0, 255).astype(np.uint8)
-    images = [Image.fromarray(a) for a in arrays]
+    images = _pil_frames(frames)
     paths = []
     for i, im in enumerate(images):
         paths.append(out_dir / f"frame_{i:03d}.png")
         im.save(paths[-1])
-    gif = out_dir / "preview.gif"
-    images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return paths + [gif]
+    return paths + [_save_gif(images, out_dir / "preview.gif", fps)]
 
+
+def save_gif(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
+    """(t 3 H W) in [0, 1] -> an animated GIF at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save_gif(_pil_frames(frames), path, fps)
+
+
+def _save_gif(images: list, path: Path, fps: int) -> Path:
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import frames
+from ..datasets import Triplet, find_triplets
 from ..models.tooncrafter import ToonCrafter
 from ..pipeline import interpolate
 from ..runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
@@ -39,8 +40,6 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-FRAME_NAMES = ("frame1", "frame2", "frame3")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CSV_COLUMNS = ("triplet", "psnr", "ssim", "lpips")
 UNAVAILABLE = "unavailable"
 # |generated - truth| is scaled by this in the strips: errors of a few levels would look black.
@@ -52,66 +51,6 @@ INSTALL_HINT = 'pip install "comfyui-tooncrafter[eval]" (or pip install scikit-i
 
 class EvaluationError(ValueError):
     """Triplets, options or run folders that cannot be evaluated; the message names the file and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Triplets
-
-
-@dataclass(frozen=True)
-class Triplet:
-    """One held-out triplet: keyframes frame1 and frame3, the true middle frame2."""
-
-    name: str
-    frame1: Path
-    frame2: Path
-    frame3: Path
-
-
-def _frame_files(folder: Path) -> dict[str, Path]:
-    """frame1/frame2/frame3 image files of a folder; .png wins over .jpg when both are there."""
-    found: dict[str, Path] = {}
-    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
-    for stem in FRAME_NAMES:
-        for suffix in IMAGE_SUFFIXES:
-            if stem + suffix in by_name:
-                found[stem] = by_name[stem + suffix]
-                break
-    return found
-
-
-def find_triplets(root: str | Path) -> list[Triplet]:
-    """Sorted subfolders of `root` that hold frame1, frame2 and frame3 (.png, .jpg or .jpeg).
-
-    Folders with none of the three are skipped; a folder with some but not all is an error.
-    """
-    root = Path(root)
-    layout = "one folder per triplet holding frame1, frame2 and frame3 (.png, .jpg or .jpeg), as in ATD-12K"
-    if not root.is_dir():
-        raise EvaluationError(f"triplet folder {root} does not exist; --triplets wants {layout}")
-    triplets, incomplete = [], []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        files = _frame_files(folder)
-        if not files:
-            log.debug("skipping %s: no frame1/frame2/frame3 images", folder)
-            continue
-        missing = [stem for stem in FRAME_NAMES if stem not in files]
-        if missing:
-            incomplete.append(f"{folder} has no {' or '.join(missing)}")
-        else:
-            triplets.append(Triplet(folder.name, **files))
-    if incomplete:
-        raise EvaluationError(
-            f"incomplete triplet folders: {'; '.join(incomplete)}. Each needs frame1, frame2 and frame3 "
-            f"(.png, .jpg or .jpeg); add the missing frame or move the folder out of {root}"
-        )
-    if not triplets:
-        raise EvaluationError(f"no triplet folders in {root}; --triplets wants {layout}")
-    return triplets
-
-
-# ---------------------------------------------------------------------------------------------
-# Images and metrics
 
 
 def _read_uint8(path: Path) -> np.ndarray:

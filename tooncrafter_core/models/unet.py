@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import FrameContext, SpatialTransformer, TemporalTransformer
 from .config import UNetConfig
@@ -233,6 +234,14 @@ class UNetModel(nn.Module):
             operations.Conv2d(mc, cfg.out_channels, 3, padding=1, dtype=dtype, device=device),
         )
 
+    # Training sets this: each block's activations are recomputed in the backward pass instead of kept.
+    gradient_checkpointing = False
+
+    def _block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: FrameContext, b: int) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, h, emb, context, b, use_reentrant=False)
+        return block(h, emb, context, b)
+
     def frame_context(self, context: torch.Tensor, frames: int) -> FrameContext:
         """(b l c) -> text tokens (b 77 c) and image tokens ((b t) q c) per frame.
 
@@ -271,17 +280,17 @@ class UNetModel(nn.Module):
         h = rearrange(x, "b c t h w -> (b t) c h w")
         skips = []
         for i, block in enumerate(self.input_blocks):
-            h = block(h, emb, context, b)
+            h = self._block(block, h, emb, context, b)
             if i == 0 and self.config.addition_attention:
-                h = self.init_attn(h, emb, context, b)
+                h = self._block(self.init_attn, h, emb, context, b)
             skips.append(h)
-        h = self.middle_block(h, emb, context, b)
+        h = self._block(self.middle_block, h, emb, context, b)
         if control is not None:
             if len(control) != len(skips) + 1:
                 raise ValueError(f"{len(control)} control residuals for a UNet with {len(skips)} skip connections + 1")
             h = h + control[-1].to(h)
             skips = [s + c.to(s) for s, c in zip(skips, control)]
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, b)
+            h = self._block(block, torch.cat([h, skips.pop()], dim=1), emb, context, b)
         h = self.out[2](norm_silu(self.out[0], h))
         return rearrange(h, "(b t) c h w -> b c t h w", b=b)

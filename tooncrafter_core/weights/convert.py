@@ -100,18 +100,20 @@ def convert_state(
     return report
 
 
-def _companions(src: Path) -> list[tuple[Path, str]]:
-    """Files that must sit beside a converted copy for it to load the same way: the original yaml
-    with the checkpoint's stem, and the OpenCLIP architecture jsons it names that sit beside it."""
-    yaml = next((src.with_suffix(s) for s in (".yaml", ".yml") if src.with_suffix(s).is_file()), None)
-    if yaml is None:
-        return []
-    found = [(yaml, "yaml")]
+def copy_companions(yaml: Path, dst: Path) -> list[Path]:
+    """Copy what must sit beside the checkpoint `dst` for it to load with `yaml`'s architecture: the
+    yaml under `dst`'s stem, and the OpenCLIP architecture jsons it names that sit beside it."""
+    copied = []
+    targets = [(yaml, dst.with_suffix(yaml.suffix))]
     for name in set(re.findall(r"^\s*arch:\s*([\w.-]+)\s*$", yaml.read_text(), flags=re.M)):
-        js = src.parent / f"{name}.json"
+        js = yaml.parent / f"{name}.json"
         if js.is_file():
-            found.append((js, "json"))
-    return found
+            targets.append((js, dst.parent / js.name))
+    for source, target in targets:
+        if target.resolve() != source.resolve():
+            shutil.copyfile(source, target)
+            copied.append(target)
+    return copied
 
 
 def convert(
@@ -144,10 +146,9 @@ def convert(
         ),
     }
     _save(state, dst, metadata)
-    for path, kind in _companions(src):
-        target = dst.with_suffix(path.suffix) if kind == "yaml" else dst.parent / path.name
-        if target.resolve() != path.resolve():
-            shutil.copyfile(path, target)
+    yaml = next((src.with_suffix(s) for s in (".yaml", ".yml") if src.with_suffix(s).is_file()), None)
+    if yaml is not None:
+        copy_companions(yaml, dst)
     log.info(
         "wrote %s: %d tensors (%d cast to %s, %d schedule buffers kept in fp32, %d pruned, %d merged with %s), "
         "%.2f GB -> %.2f GB",
