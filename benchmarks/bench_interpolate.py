@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tooncrafter_core.models import encoders as tc_encoders  # noqa: E402
 from tooncrafter_core.models.config import ModelConfig, from_original_yaml  # noqa: E402
+from tooncrafter_core.models.init import normal_init_  # noqa: E402
 from tooncrafter_core.models.ops import CastWeights  # noqa: E402
 from tooncrafter_core.models.tooncrafter import ToonCrafter  # noqa: E402
 from tooncrafter_core.pipeline import (  # noqa: E402
@@ -126,17 +127,7 @@ def gib(n: Optional[int]) -> Optional[float]:
 @torch.no_grad()
 def init_random_(model: nn.Module, seed: int, std: float, dev: torch.device) -> None:
     """Deterministic small normal values on the parameters' device; norm layers weight 1, bias 0."""
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    for module in model.modules():
-        is_norm = isinstance(module, (nn.LayerNorm, nn.GroupNorm))
-        for name, p in module.named_parameters(recurse=False):
-            if is_norm:
-                p.fill_(1.0 if name == "weight" else 0.0)
-            else:
-                p.normal_(0.0, std, generator=gen)
-    for name, b in model.named_buffers():  # none today; keep anything added later defined
-        if b.is_floating_point():
-            b.zero_()
+    normal_init_(model, std, torch.Generator(device=dev).manual_seed(seed))
 
 
 def build_model(

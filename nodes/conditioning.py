@@ -20,6 +20,24 @@ def _pairs(start: torch.Tensor, end: torch.Tensor) -> tuple[torch.Tensor, torch.
     return tc_model.rgb(start, "start_image").expand(b, -1, -1, -1), tc_model.rgb(end, "end_image").expand(b, -1, -1, -1)
 
 
+def clip_inputs() -> list:
+    """The clip's settings, in order: frame_stride, width, height, resize, frames."""
+    return [
+        io.Int.Input(
+            "frame_stride", default=10, min=1, max=100, tooltip="fs condition: smaller values give larger motion (5-30 recommended)"
+        ),
+        io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Output width; the model was trained at 512"),
+        io.Int.Input("height", default=320, min=64, max=2048, step=64, tooltip="Output height; the model was trained at 320"),
+        io.Combo.Input(
+            "resize",
+            options=list(tc_frames.FIT_METHODS),
+            default="crop",
+            tooltip="How keyframes of another size are fitted: crop (cover, centre crop), stretch, or pad",
+        ),
+        io.Int.Input("frames", default=0, min=0, max=64, tooltip="Frames to generate, keyframes included; 0 = the model's (16)"),
+    ]
+
+
 class ToonCrafterConditioning(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -37,18 +55,7 @@ class ToonCrafterConditioning(io.ComfyNode):
                 io.String.Input(
                     "negative_prompt", multiline=True, default="", tooltip="Guidance away from this; the original uses empty"
                 ),
-                io.Int.Input(
-                    "frame_stride", default=10, min=1, max=100, tooltip="fs condition: smaller values give larger motion (5-30 recommended)"
-                ),
-                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Output width; the model was trained at 512"),
-                io.Int.Input("height", default=320, min=64, max=2048, step=64, tooltip="Output height; the model was trained at 320"),
-                io.Combo.Input(
-                    "resize",
-                    options=list(tc_frames.FIT_METHODS),
-                    default="crop",
-                    tooltip="How keyframes of another size are fitted: crop (cover, centre crop), stretch, or pad",
-                ),
-                io.Int.Input("frames", default=0, min=0, max=64, tooltip="Frames to generate, keyframes included; 0 = the model's (16)"),
+                *clip_inputs(),
                 io.Clip.Input("clip", optional=True, tooltip="OpenCLIP ViT-H text encoder, needed for the pruned checkpoint"),
                 io.ClipVision.Input("clip_vision", optional=True, tooltip="OpenCLIP ViT-H-14 vision model, needed for the pruned checkpoint"),
             ],

@@ -3,12 +3,11 @@ rescale as a model patch, and keyframe conditioning on text from CLIPTextEncode.
 
 from comfy_api.latest import io
 
-from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.pipeline import InputError
 from ..tooncrafter_core.sampling import ddim_timesteps
 from . import managed_model as tc_model
 from . import native_model
-from .conditioning import condition_keyframes, fitted_keyframes
+from .conditioning import clip_inputs, condition_keyframes, fitted_keyframes
 from .types import CATEGORY, ToonCrafterModelType
 
 SPACINGS = ["uniform_trailing", "uniform"]
@@ -105,13 +104,7 @@ class ToonCrafterImageConditioning(io.ComfyNode):
                 io.Conditioning.Input("negative", tooltip="CLIPTextEncode of the negative prompt; the original uses empty"),
                 io.Image.Input("start_image", tooltip="First keyframe (a batch gives one in-between per pair)"),
                 io.Image.Input("end_image", tooltip="Last keyframe"),
-                io.Int.Input("frame_stride", default=10, min=1, max=100,
-                             tooltip="fs condition: smaller values give larger motion (5-30 recommended)"),
-                io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Output width; trained at 512"),
-                io.Int.Input("height", default=320, min=64, max=2048, step=64, tooltip="Output height; trained at 320"),
-                io.Combo.Input("resize", options=list(tc_frames.FIT_METHODS), default="crop",
-                               tooltip="How keyframes of another size are fitted: crop, stretch or pad"),
-                io.Int.Input("frames", default=0, min=0, max=64, tooltip="Frames, keyframes included; 0 = the model's (16)"),
+                *clip_inputs(),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="OpenCLIP ViT-H-14 vision model, needed for the pruned checkpoint"),
             ],

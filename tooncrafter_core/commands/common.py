@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..frames import FIT_METHODS
 from ..runtime import COMPUTE_DTYPES
 from ..weights.lora import parse_spec
 
@@ -33,6 +34,14 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_device_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help=help)
+
+
+def add_size_arguments(parser: argparse.ArgumentParser, role: str, frames_help: str, fitted: str) -> None:
+    """--height and --width (default: the model's), --frames and --resize."""
+    parser.add_argument("--height", type=int, help=f"{role} height (default: the model's, 320)")
+    parser.add_argument("--width", type=int, help=f"{role} width (default: the model's, 512)")
+    parser.add_argument("--frames", type=int, help=frames_help)
+    parser.add_argument("--resize", choices=FIT_METHODS, default="crop", help=f"how {fitted} are fitted to that size")
 
 
 def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:

@@ -35,6 +35,7 @@ from .common import (
     add_device_argument,
     add_lora_argument,
     add_models_dir_argument,
+    add_size_arguments,
     check_out_dir,
 )
 
@@ -479,10 +480,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--eta", type=float, default=1.0, help="DDIM eta (0 deterministic)")
     e.add_argument("--fs", type=int, default=10, help="frame stride conditioning (smaller: larger motion)")
     e.add_argument("--seed", type=int, default=123, help="seed of every triplet's noise")
-    e.add_argument("--frames", type=int, help="frames to generate (default: the model's); frame T // 2 is scored")
-    e.add_argument("--height", type=int, help="model input height (default: the model's)")
-    e.add_argument("--width", type=int, help="model input width (default: the model's)")
-    e.add_argument("--resize", choices=frames.FIT_METHODS, default="crop", help="how frames are fitted to the model's size")
+    add_size_arguments(e, "model input", "frames to generate (default: the model's); frame T // 2 is scored", "frames")
     add_device_argument(e)
     return e
 

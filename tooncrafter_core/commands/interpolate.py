@@ -24,6 +24,7 @@ from .common import (
     add_dtype_argument,
     add_lora_argument,
     add_models_dir_argument,
+    add_size_arguments,
     check_out_dir,
 )
 
@@ -57,10 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     i.add_argument("--guidance-rescale", type=float, default=0.7)
     i.add_argument("--spacing", choices=("uniform_trailing", "uniform"), default="uniform_trailing")
     i.add_argument("--seed", type=int, default=123)
-    i.add_argument("--frames", type=int, help="frames to generate (default: the model's)")
-    i.add_argument("--height", type=int, help="output height (default: the model's, 320)")
-    i.add_argument("--width", type=int, help="output width (default: the model's, 512)")
-    i.add_argument("--resize", choices=frames.FIT_METHODS, default="crop", help="how keyframes are fitted")
+    add_size_arguments(i, "output", "frames to generate (default: the model's)", "keyframes")
     add_dtype_argument(i)
     i.add_argument(
         "--weight-dtype",

@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from .. import frames as tc_frames
 from .. import pipeline
 from ..datasets import find_training_items
 from ..runtime import COMPUTE_DTYPES, usable_device
@@ -19,7 +18,7 @@ from ..training.lora import LOSSES, LoraTask, StepSettings
 from ..training.objective import load_lpips
 from ..weights import catalog
 from ..weights.checkpoint import load_for
-from .common import add_device_argument, add_models_dir_argument, check_out_dir
+from .common import add_device_argument, add_models_dir_argument, add_size_arguments, check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warmup")
     p.add_argument("--batch", type=int, default=1, help="clips per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--height", type=int, help="training height (default: the model's, 320)")
-    p.add_argument("--width", type=int, help="training width (default: the model's, 512)")
-    p.add_argument("--frames", type=int, help="frames per training clip (default: the model's, 16)")
-    p.add_argument("--resize", choices=tc_frames.FIT_METHODS, default="crop", help="how frames are fitted to the size")
+    add_size_arguments(p, "training", "frames per training clip (default: the model's, 16)", "frames")
     p.add_argument("--fs", type=int, default=10, help="frame-stride condition of the training clips")
     p.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES),
                    help="compute dtype of the frozen model (trained weights stay fp32; fp16 uses loss scaling); "

@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from ..datasets import TrainingItem, window
 from ..models.config import ModelConfig
+from ..models.init import normal_init_
 from ..models.tooncrafter import ToonCrafter
 from ..models.unet import UNetModel
 from ..pipeline import encode_keyframes
@@ -74,17 +74,10 @@ def build_student(config: ModelConfig, teacher_unet: UNetModel, seed: int) -> UN
             "multiple of 32, the GroupNorm groups"
         ) from None
     student.to_empty(device="cpu")
+    normal_init_(student, 0.02, torch.Generator().manual_seed(seed))
     teacher_state = teacher_unet.state_dict()
-    generator = torch.Generator().manual_seed(seed)
     copied = 0
     with torch.no_grad():
-        for module in student.modules():
-            is_norm = isinstance(module, (nn.GroupNorm, nn.LayerNorm))
-            for name, p in module.named_parameters(recurse=False):
-                if is_norm:
-                    p.fill_(1.0 if name == "weight" else 0.0)
-                else:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
         for key, p in student.state_dict(keep_vars=True).items():
             source = teacher_state.get(key)
             if source is not None and source.shape == p.shape:
