@@ -31,17 +31,23 @@ import json
 import logging
 import platform
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
+from tooncrafter_core import frames as tc_frames  # noqa: E402
 from tooncrafter_core.models import encoders as tc_encoders  # noqa: E402
 from tooncrafter_core.models.config import ModelConfig, from_original_yaml  # noqa: E402
 from tooncrafter_core.models.init import normal_init_  # noqa: E402
@@ -419,11 +425,82 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     res["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
     log.info("[%s] process peak RSS so far %.2f GB", name, res["process_peak_rss_gb"])
 
+    if args.cli:
+        with tempfile.TemporaryDirectory(prefix="bench_cli_") as tmp:
+            ckpt = write_checkpoint(model, Path(tmp), args)
+            del model
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            res["cli"] = cli_run(ckpt, name, start, end, sampling, args, Path(tmp))
+        log.info("[%s] one clip through the CLI: %.2f s, peak RSS %.2f GB", name, res["cli"]["seconds"],
+                 res["cli"]["peak_rss_gb"])
+        return res
     del model
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+def write_checkpoint(model: ToonCrafter, folder: Path, args) -> Path:
+    """The model's random weights as an fp16 safetensors file, the layout and precision of the default
+    download (a --tiny case's yaml and OpenCLIP json next to it, as the loader reads them). The model is
+    consumed: its tensors are converted one by one, so this process never holds two copies."""
+    path = folder / "random.safetensors"
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.to(torch.float16).contiguous()
+    save_file(model.state_dict(), str(path))
+    if args.tiny is not None:
+        shutil.copy(args.tiny / "config.yaml", folder / "random.yaml")
+        for extra in args.tiny.glob("*.json"):
+            if extra.name != "reference.json":
+                shutil.copy(extra, folder / extra.name)
+    return path
+
+
+# The CLI's main, then the process's own high-water mark of resident memory (Linux). Not ru_maxrss: a
+# child this large process spawns (vfork + exec) starts its ru_maxrss at the parent's peak.
+_CLI_RUNNER = """
+import sys
+from pathlib import Path
+from tooncrafter_core.__main__ import main
+code = main(sys.argv[2:])
+status = Path("/proc/self/status").read_text().splitlines()
+Path(sys.argv[1]).write_text(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+sys.exit(code)
+"""
+
+
+def cli_run(ckpt: Path, name: str, start, end, sampling: SamplingConfig, args, folder: Path) -> dict:
+    """One clip through `python -m tooncrafter_core interpolate` with the benchmark's settings, in a
+    fresh process: its wall time (load included) and its own peak RSS."""
+    images = []
+    for label, image in (("start", start), ("end", end)):
+        images.append(folder / f"{label}.png")
+        tc_frames.save_frames(tc_frames.from_model(image), folder / label)
+        shutil.move(folder / label / "frame_000.png", images[-1])
+    cmd = [
+        sys.executable, "-m", "tooncrafter_core", "interpolate", "--ckpt", str(ckpt), "--start", str(images[0]),
+        "--end", str(images[1]), "--prompt", args.prompt, "--out", str(folder / "out"), "--steps", str(args.steps),
+        "--cfg", str(sampling.cfg_scale), "--eta", str(sampling.eta), "--fs", str(sampling.fs),
+        "--guidance-rescale", str(sampling.guidance_rescale), "--spacing", sampling.timestep_spacing,
+        "--seed", str(args.seed), "--height", str(args.height), "--width", str(args.width), "--frames", str(args.frames),
+        "--dtype", name, "--weight-dtype", args.weight_dtype, "--device", args.device,
+    ]
+    cmd += ["--no-second-decode"] * args.no_second_decode + ["--compile"] * args.compile
+    cmd += ["--channels-last"] * args.channels_last
+    log_file, peak_file = folder / "cli.log", folder / "cli_peak_kib"
+    t0 = time.perf_counter()
+    with open(log_file, "w") as err:
+        runner = [sys.executable, "-c", _CLI_RUNNER, str(peak_file), *cmd[3:]]
+        proc = subprocess.run(runner, cwd=REPO, stderr=err, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CLI run failed (exit {proc.returncode}): {log_file.read_text()[-2000:]}")
+    return {"seconds": seconds, "peak_rss_gb": round(int(peak_file.read_text()) * 1024 / 1e9, 3),
+            "frames_written": len(list((folder / "out").glob("frame_*.png")))}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -491,6 +568,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet and VAE decoder (compiled in the warm-up)")
     p.add_argument("--compile-mode", help="torch.compile mode, e.g. max-autotune-no-cudagraphs or reduce-overhead")
     p.add_argument("--channels-last", action="store_true", help="channels-last convolution weights")
+    p.add_argument("--cli", action="store_true",
+                   help="then also one clip through the CLI in a fresh process, from these random weights written as "
+                        "an fp16 safetensors file (the default download's format): its time and peak RSS (results.<dtype>.cli)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full results here")
     args = p.parse_args(argv)
     names = [d.strip() for d in args.dtypes.split(",") if d.strip()]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, replace
+import weakref
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import comfy.model_management as mm
@@ -128,6 +129,9 @@ class ToonCrafterModel:
     vae_dtype: torch.dtype
     encoder_dtype: torch.dtype
     clip: Optional[comfy.sd.CLIP] = None  # the text encoder for CLIPTextEncode (None for the pruned file)
+    # The all-zero image's resampled context per dtype, with a weak reference to the vision model it
+    # came from: a constant of those weights.
+    negative_images: dict = field(default_factory=dict)
 
     @property
     def text_encoder(self):
@@ -250,29 +254,40 @@ def conditioning_text(handle: ToonCrafterModel, conditioning: list, name: str, b
     return _out(context.expand(batch, -1, -1)), {k: v for k, v in options.items() if k != "pooled_output"}
 
 
+def _vision_tokens(handle: ToonCrafterModel, pixels: torch.Tensor, clip_vision=None) -> torch.Tensor:
+    if clip_vision is not None:
+        mm.load_models_gpu([clip_vision.patcher])
+        tokens = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)[0]
+        pipeline.check_vision_tokens(tokens, handle.config)
+        mm.load_models_gpu([handle.image_proj])
+        return tokens
+    mm.load_models_gpu([handle.vision, handle.image_proj])
+    return handle.vision.model.model.visual(pixels.to(handle.image_proj.load_device, handle.encoder_dtype))
+
+
 def image_contexts(handle: ToonCrafterModel, images: torch.Tensor, clip_vision=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Resampled image contexts (n (t q) d) of `images` (n 3 H W, [-1, 1]) and of the original's
-    unconditional all-zero image, through the vision model as one batch."""
-    device = handle.image_proj.load_device
-    dtype = handle.encoder_dtype
+    unconditional all-zero image. The latter is a constant of the vision model: it goes through it once
+    (alone: a batch with the images would change their rounding between the first Queue and the next)
+    and is kept on the handle, per vision model and dtype."""
+    device, dtype = handle.image_proj.load_device, handle.encoder_dtype
     if clip_vision is None and handle.vision is None:
         raise pipeline.InputError(
             f"{handle.name} has no image encoder (pruned file): connect a CLIP_VISION "
             "(CLIPVisionLoader with clip_vision_h.safetensors, OpenCLIP ViT-H-14) to the clip_vision input"
         )
-    pixels = pipeline.negative_pixels(images, handle.config.vision)
+    vision = handle.vision if clip_vision is None else clip_vision.model
+    owner, negative = handle.negative_images.get(dtype, (None, None))
     with torch.inference_mode():
-        if clip_vision is not None:
-            mm.load_models_gpu([clip_vision.patcher])
-            tokens = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)[0]
-            pipeline.check_vision_tokens(tokens, handle.config)
-            mm.load_models_gpu([handle.image_proj])
-        else:
-            mm.load_models_gpu([handle.vision, handle.image_proj])
-            tokens = handle.vision.model.model.visual(pixels.to(device, dtype))
+        # A weak reference: the entry must not keep a replaced CLIP_VISION (1.2 GB) alive, nor be taken
+        # for the context of another one that reuses its address.
+        if negative is None or owner() is not vision:
+            pixels = pipeline.negative_pixels(handle.config.vision)
+            negative = _out(handle.image_proj.model(_vision_tokens(handle, pixels, clip_vision).to(device, dtype)))
+            handle.negative_images[dtype] = (weakref.ref(vision), negative)
+        tokens = _vision_tokens(handle, pipeline.clip_pixels(images, handle.config.vision), clip_vision)
         ctx = _out(handle.image_proj.model(tokens.to(device, dtype)))
-    n = images.shape[0]
-    return ctx[:n], ctx[n:]
+    return ctx, negative.expand(images.shape[0], -1, -1)
 
 
 def encode_keyframes(handle: ToonCrafterModel, start: torch.Tensor, end: torch.Tensor) -> pipeline.KeyframeEncoding:

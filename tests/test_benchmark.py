@@ -13,7 +13,7 @@ def test_bench_interpolate_runs_with_its_flags_and_writes_its_keys(tmp_path):
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "bench_interpolate.py"), "--tiny", str(TINY), "--device", "cpu",
         "--dtypes", "fp32,bf16", "--steps", "2", "--runs", "1", "--warmup-steps", "1", "--phase-steps", "1",
-        "--weight-dtype", "fp8_e4m3fn", "--channels-last", "--decode-chunk", "2", "--json", str(out),
+        "--weight-dtype", "fp8_e4m3fn", "--channels-last", "--decode-chunk", "2", "--cli", "--json", str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -28,6 +28,9 @@ def test_bench_interpolate_runs_with_its_flags_and_writes_its_keys(tmp_path):
         assert all(p["seconds"] > 0 for p in result["phases"].values())
         assert result["process_peak_rss_gb"] > 0
         assert result["runs"][0]["video_shape"] == [1, 3, report["settings"]["frames"], 64, 64]
+        # --cli: the same clip through the CLI in its own process, which reports its own peak
+        assert result["cli"]["frames_written"] == report["settings"]["frames"]
+        assert 0 < result["cli"]["peak_rss_gb"] and result["cli"]["seconds"] > 0
 
 
 def test_ode_error_benchmark_measures_samplers_against_its_reference_and_resumes(tmp_path):

@@ -339,3 +339,34 @@ def test_our_conversion_equals_the_frontends_own(comfy_server, comfy_frontend, w
     assert {k: (v["class_type"], v["inputs"]) for k, v in ours.items()} == {
         k: (v["class_type"], v["inputs"]) for k, v in frontend.items()
     }
+
+
+NEGATIVE_IMAGE_SCRIPT = """
+    from tc_pack.tooncrafter_core import pipeline
+    visual = handle.vision.model.model.visual
+    zero, calls = pipeline.negative_pixels(handle.config.vision), []
+    forward = visual.forward
+    visual.forward = lambda x: calls.append("zero" if torch.allclose(x.float().cpu(), zero, atol=1e-2) else x.shape[0]) or forward(x)
+    g = torch.Generator().manual_seed(0)
+    one, two = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1, torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    first = tc_model.image_contexts(handle, one)
+    second = tc_model.image_contexts(handle, two)
+    again = tc_model.image_contexts(handle, one)
+    assert calls == ["zero", 1, 2, 1], calls
+    assert torch.equal(second[1][1], first[1][0]) and second[1].shape[0] == 2
+    assert torch.equal(again[0], first[0]), "a repeated Queue must give the same bits"
+    print("OK")
+"""
+
+
+def test_the_zero_images_context_goes_through_the_vision_model_once_per_loaded_model():
+    """The all-zero image's context is a constant of the weights: computed on the first Queue, kept on the
+    model for every later one (sequences, batches, repeated Queues)."""
+    import subprocess
+    import sys
+
+    from comfy_harness import in_process_script
+
+    proc = subprocess.run([sys.executable, "-c", in_process_script(NEGATIVE_IMAGE_SCRIPT)], capture_output=True,
+                          text=True, cwd="/tmp", timeout=600)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

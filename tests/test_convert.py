@@ -137,7 +137,7 @@ def test_cli_names_the_dtype_option_on_overflow(ckpt, tmp_path, caplog, monkeypa
 
     for name, color in (("a.png", (250, 40, 40)), ("b.png", (40, 40, 250))):
         Image.new("RGB", (64, 64), color).save(tmp_path / name)
-    monkeypatch.setattr(cli, "load_for", lambda path, dtype, weight_dtype=None: _overflowing(path, dtype))
+    monkeypatch.setattr(cli, "load_for", lambda path, dtype, weight_dtype=None, defer_unet=False: _overflowing(path, dtype))
     code = main(["interpolate", "--ckpt", str(ckpt), "--start", str(tmp_path / "a.png"), "--end", str(tmp_path / "b.png"),
                  "--steps", "2", "--device", "cpu", "--dtype", "fp16", "--out", str(tmp_path / "out")])
     assert code == 3

@@ -234,3 +234,34 @@ def test_batches_of_pairs_and_other_frame_counts(tiny_model):
     assert six.shape == (1, 3, 6, 64, 64) and torch.isfinite(six).all()
     with pytest.raises(InputError, match="at least 2"):
         interpolate(tiny_model, start, end, "x", s, frames=1)
+
+
+def test_cli_reads_the_unet_after_dropping_the_encoders_and_draws_what_interpolate_draws(tmp_path, monkeypatch):
+    """The CLI conditions first, drops the text and image encoders, and only then reads the UNet
+    (peak memory: never both); the frames are still `interpolate`'s with the same seed."""
+    from tooncrafter_core.__main__ import main
+    from tooncrafter_core.commands import interpolate as command
+
+    ckpt = tiny_checkpoint(tmp_path / "models")
+    _draw(tmp_path / "a.png", (220, 30, 30), (5, 5, 40, 40))
+    _draw(tmp_path / "b.png", (30, 30, 220), (50, 30, 90, 75))
+    seen = []
+    load_unet = command.load_deferred_unet
+
+    def watching(model, device=None):
+        seen.append((model.cond_stage_model, model.embedder, all(p.is_meta for p in model.unet.parameters())))
+        load_unet(model, device)
+
+    monkeypatch.setattr(command, "load_deferred_unet", watching)
+    args = ["interpolate", "--ckpt", str(ckpt), "--start", str(tmp_path / "a.png"), "--end", str(tmp_path / "b.png"),
+            "--prompt", "a square moves", "--steps", "3", "--seed", "7", "--cfg", "7.5", "--height", "64", "--width", "64",
+            "--dtype", "fp32", "--device", "cpu", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    assert seen == [(None, None, True)]
+    ours = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "out").glob("frame_*.png"))])
+    model = load_model(ckpt, dtype=torch.float32)
+    keys = torch.cat([frames.to_model(frames.fit(frames.load_image(tmp_path / n), 64, 64, "crop")) for n in ("a.png", "b.png")])
+    video = interpolate(model, keys[:1], keys[1:], "a square moves", SamplingConfig(steps=3, cfg_scale=7.5),
+                        generator=torch.Generator("cpu").manual_seed(7))
+    expected = (frames.from_model(video[0]).permute(1, 2, 3, 0) * 255).round().byte().numpy()
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1

@@ -164,3 +164,91 @@ def test_pickle_without_tensors_is_rejected(tmp_path):
         pickle.dump({"a": 1}, f)
     with pytest.raises(CheckpointError):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("weight_dtype", [None, torch.float16, torch.float8_e4m3fn])
+def test_a_deferred_unet_is_read_later_into_exactly_the_whole_load(tmp_path, weight_dtype):
+    """`defer_unet` reads everything but the UNet (which stays on meta, unread), and
+    `load_deferred_unet` then gives the same tensors, dtypes and device as loading whole."""
+    from tooncrafter_core.weights import checkpoint
+
+    path = tiny_checkpoint(tmp_path)
+    read = []
+    original = checkpoint.read_state_dict
+
+    def recording(p, keep=None):
+        state = original(p, keep)
+        read.append(set(state))
+        return state
+
+    whole = checkpoint.load_for(path, torch.float32, weight_dtype)
+    checkpoint.read_state_dict = recording
+    try:
+        deferred = checkpoint.load_for(path, torch.float32, weight_dtype, defer_unet=True)
+        assert all(p.is_meta for p in deferred.unet.parameters())
+        assert not any(p.is_meta for name, p in deferred.named_parameters() if not name.startswith("model."))
+        checkpoint.move_model(deferred, "cpu")  # leaves the unread UNet alone
+        checkpoint.load_deferred_unet(deferred, "cpu")
+    finally:
+        checkpoint.read_state_dict = original
+    assert len(read) == 2 and not any(k.startswith("model.diffusion_model.") for k in read[0])
+    assert read[1] and all(k.startswith("model.diffusion_model.") for k in read[1])
+    a, b = whole.state_dict(), deferred.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and b[k].device.type == "cpu" and torch.equal(a[k].float(), b[k].float()), k
+    checkpoint.load_deferred_unet(deferred)  # nothing left to read: no second read
+    assert len(read) == 2
+
+
+def test_a_deferred_unet_with_a_missing_key_is_refused_before_anything_runs(tmp_path):
+    path = tiny_checkpoint(tmp_path)
+    state = load_file(str(path))
+    del state["model.diffusion_model.out.2.weight"]
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"model\.diffusion_model\.out\.2\.weight"):
+        load_model(path, defer_unet=True)
+
+
+def test_our_safetensors_reader_gives_what_the_safetensors_package_gives(tmp_path):
+    """Every dtype the releases and conversions use, 0-d and empty tensors, and `keep`."""
+    from tooncrafter_core.weights.safetensors_file import read_tensors
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "f32": torch.randn(3, 5, generator=g),
+        "f16": torch.randn(7, generator=g).half(),
+        "bf16": torch.randn(2, 3, 4, generator=g).bfloat16(),
+        "fp8": torch.randn(4, 4, generator=g).to(torch.float8_e4m3fn),
+        "fp8b": torch.randn(4, generator=g).to(torch.float8_e5m2),
+        "i64": torch.arange(5),
+        "bool": torch.tensor([True, False, True]),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+    }
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    ours, theirs = read_tensors(path), load_file(str(path))
+    assert ours.keys() == theirs.keys()
+    for k in theirs:
+        assert ours[k].dtype == theirs[k].dtype and ours[k].shape == theirs[k].shape, k
+        assert torch.equal(ours[k].reshape(-1).view(torch.uint8), theirs[k].reshape(-1).view(torch.uint8)), k
+    assert set(read_tensors(path, keep=lambda k: k.startswith("f"))) == {"f32", "f16", "fp8", "fp8b"}
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[: len(b) - 10], "truncated or damaged"),
+        (lambda b: b[:5], "shorter than the 8-byte header"),
+        (lambda b: (10**9).to_bytes(8, "little") + b[8:], "does not fit the file"),
+        (lambda b: b[:8] + b"\xff" * (len(b) - 8), "header is not JSON"),
+    ],
+)
+def test_a_damaged_safetensors_file_is_named_with_what_is_wrong(tmp_path, damage, message):
+    path = tiny_checkpoint(tmp_path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=f"{path.name} is not a readable safetensors file.*{message}.*download it again"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path, defer_unet=True)

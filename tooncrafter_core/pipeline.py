@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -84,27 +84,32 @@ def external_text_context(hidden: torch.Tensor, config: ModelConfig) -> torch.Te
     return hidden[:, :n]
 
 
-def negative_pixels(images: torch.Tensor, config: VisionEncoderConfig) -> torch.Tensor:
-    """CLIP pixels of `images` (b 3 H W) followed by those of the original's unconditional
-    all-zero image, (2b 3 S S): positive and negative through a vision tower as one batch."""
-    zeros = zero_image(images.shape[0], config.image_size, images.device)
-    return torch.cat([clip_pixels(images, config), clip_pixels(zeros, config)])
+def negative_pixels(config: VisionEncoderConfig, device=None) -> torch.Tensor:
+    """CLIP pixels (1 3 S S) of the original's unconditional all-zero image."""
+    return clip_pixels(zero_image(1, config.image_size, device), config)
 
 
 def contexts(
     model: "ToonCrafter", start: torch.Tensor, prompts: Sequence[str], negative: bool, device, dtype
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The model's own encoders: (positive context, negative context or None). The negative is
-    the original's: the empty prompt and the all-zero image. Positive and negative go through
-    each encoder as one batch (one pass over the weights)."""
+    the original's: the empty prompt and the all-zero image, a constant of the weights, computed once
+    per model, device and dtype. It goes through the encoders alone, never in a batch with positives,
+    so a clip's context has the same bits whether it came first or later (batch composition changes
+    the rounding of a batched matmul)."""
     n = len(prompts)
     encoder = model.embedder
-    pixels = negative_pixels(start, encoder.config) if negative else encoder.preprocess(start)
-    text = encode_prompts(model.cond_stage_model, list(prompts) + [""] * n * negative, device, dtype)
-    img = model.image_proj_model(encoder.model.visual(pixels.to(dtype)))
+    cache = model.__dict__.setdefault("_negative_context", {})
+    key = (str(torch.device(device)), dtype)
+    if negative and key not in cache:
+        text = encode_prompts(model.cond_stage_model, [""], device, dtype)
+        img = model.image_proj_model(encoder.model.visual(negative_pixels(encoder.config, start.device).to(dtype)))
+        cache[key] = join_context(text, img)
+    text = encode_prompts(model.cond_stage_model, list(prompts), device, dtype)
+    positive = join_context(text, model.image_proj_model(encoder.model.visual(encoder.preprocess(start).to(dtype))))
     if not negative:
-        return join_context(text, img), None
-    return join_context(text[:n], img[:n]), join_context(text[n:], img[n:])
+        return positive, None
+    return positive, cache[key].expand(n, -1, -1)
 
 
 def check_vision_tokens(tokens: torch.Tensor, config: ModelConfig) -> None:
@@ -392,6 +397,74 @@ def check_keyframes(start: torch.Tensor, end: torch.Tensor, multiple: int) -> No
         )
 
 
+@dataclass
+class PreparedClip:
+    """A clip conditioned and ready to sample: everything the encoders had to give, and the generator
+    in the state the clip's remaining draws (per-step noise) start from."""
+
+    cond: Conditioning
+    x_T: torch.Tensor  # (b z t h w), the compute dtype
+    refs: list[torch.Tensor]  # the decoder's reference features
+    generator: Optional[torch.Generator]
+
+
+def condition_clip(
+    model: ToonCrafter,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    prompt: str | Sequence[str],
+    sampling: SamplingConfig = SamplingConfig(),
+    options: RuntimeOptions = RuntimeOptions(),
+    frames: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    sketch: Optional[SketchGuide] = None,
+) -> PreparedClip:
+    """The first half of `interpolate`: the encoders and the initial draws, no UNet."""
+    if model.cond_stage_model is None or model.embedder is None:
+        raise InputError(
+            "this checkpoint has no text/image encoders (pruned file); encode the prompt and the start "
+            "frame with separate OpenCLIP ViT-H-14 encoders and call the stage functions instead"
+        )
+    dev, dtype = options.device, options.dtype
+    frames = frames or model.config.frames
+    start = start.to(dev, torch.float32)
+    end = end.to(dev, torch.float32)
+    check_keyframes(start, end, size_multiple(model.config))
+    b = start.shape[0]
+    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != b:
+        raise InputError(f"got {len(prompts)} prompts for {b} keyframe pairs")
+    with torch.inference_mode():
+        context, uncond = contexts(model, start.to(dtype), prompts, sampling.cfg_scale != 1.0, dev, dtype)
+        enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
+        concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
+    fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
+    return PreparedClip(Conditioning(context, uncond, concat.to(dtype), fs, sketch), x_T.to(dtype), enc.refs, generator)
+
+
+def render_clip(
+    model: ToonCrafter,
+    clip: PreparedClip,
+    sampling: SamplingConfig = SamplingConfig(),
+    options: RuntimeOptions = RuntimeOptions(),
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """The second half of `interpolate`: DDIM over the UNet and the decode -> video (b 3 t H W), fp32 CPU."""
+    prepare(model, options)
+    with torch.inference_mode():
+        samples = sample(model.unet, model.schedule, clip.cond, sampling, clip.x_T, generator=clip.generator,
+                         callback=callback)
+        _, video = decode(
+            model.vae, samples, clip.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
+        )
+    video = video.float().cpu()
+    if not torch.isfinite(video).all():
+        raise FloatingPointError(
+            f"the decoded video has NaN/inf values in {options.dtype}; run again with dtype float32 or bfloat16"
+        )
+    return video
+
+
 def interpolate(
     model: ToonCrafter,
     start: torch.Tensor,
@@ -409,38 +482,8 @@ def interpolate(
     Random draws (x_T, posterior noise, per-step noise) come from `generator` in that order.
     `sketch`: sketch guidance (hints (1 1 t H W), see `sketches.sketch_hint` and `place_sketches`).
     """
-    if model.cond_stage_model is None or model.embedder is None:
-        raise InputError(
-            "this checkpoint has no text/image encoders (pruned file); encode the prompt and the start "
-            "frame with separate OpenCLIP ViT-H-14 encoders and call the stage functions instead"
-        )
-    dev, dtype = options.device, options.dtype
-    prepare(model, options)
-    frames = frames or model.config.frames
-    start = start.to(dev, torch.float32)
-    end = end.to(dev, torch.float32)
-    check_keyframes(start, end, size_multiple(model.config))
-    b = start.shape[0]
-    prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
-    if len(prompts) != b:
-        raise InputError(f"got {len(prompts)} prompts for {b} keyframe pairs")
-
-    with torch.inference_mode():
-        context, uncond = contexts(model, start.to(dtype), prompts, sampling.cfg_scale != 1.0, dev, dtype)
-        enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
-        concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
-        fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
-        cond = Conditioning(context, uncond, concat.to(dtype), fs, sketch)
-        samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=generator, callback=callback)
-        _, video = decode(
-            model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
-        )
-    video = video.float().cpu()
-    if not torch.isfinite(video).all():
-        raise FloatingPointError(
-            f"the decoded video has NaN/inf values in {dtype}; run again with dtype float32 or bfloat16"
-        )
-    return video
+    clip = condition_clip(model, start, end, prompt, sampling, options, frames, generator, sketch)
+    return render_clip(model, clip, sampling, options, callback)
 
 
 def _randn(shape, generator: Optional[torch.Generator], device) -> torch.Tensor:
@@ -510,12 +553,15 @@ def interpolate_sequence(
     loop: bool = False,
     callback: Optional[StepCallback] = None,
     sketch: Optional[SketchGuide] = None,
+    on_conditioned: Optional[Callable[[], None]] = None,
 ) -> torch.Tensor:
     """Keyframes (n 3 H W) in [-1, 1] -> one clip (3 T H W), T = `sequence_length(n, frames, loop)`.
 
     Segment i interpolates its pair exactly as `interpolate` does with a CPU generator seeded
     `seed + i`, so one segment can be redone alone and the others stay as they were. `callback`
     gets the step index counted over all segments (segment i's steps start at i * steps).
+    Every segment is conditioned before any is sampled; `on_conditioned()` runs in between (a host
+    can release the encoders and load the UNet there).
     """
     if keyframes.ndim != 4:
         raise InputError(f"keyframes must be (n, 3, height, width), got {tuple(keyframes.shape)}")
@@ -523,15 +569,16 @@ def interpolate_sequence(
     prompts = segment_prompts(prompts, len(pairs))
     if sketch is not None and len(pairs) > 1:
         raise InputError(f"sketches guide one keyframe pair; this sequence has {len(pairs)} segments")
-    videos = []
+    clips = []
     for i, (a, b) in enumerate(pairs):
-        on_step = None if callback is None else offset_callback(callback, i * sampling.steps)
         generator = torch.Generator("cpu").manual_seed(seed + i)
+        clips.append(condition_clip(model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], sampling, options,
+                                    frames, generator, sketch))
+    if on_conditioned is not None:
+        on_conditioned()
+    videos = []
+    for i, ((a, b), clip) in enumerate(zip(pairs, clips)):
+        on_step = None if callback is None else offset_callback(callback, i * sampling.steps)
         log.info("segment %d of %d: keyframe %d -> %d (seed %d)", i + 1, len(pairs), a + 1, b + 1, seed + i)
-        videos.append(
-            interpolate(
-                model, keyframes[a : a + 1], keyframes[b : b + 1], prompts[i], sampling, options, frames, generator,
-                on_step, sketch,
-            )
-        )
+        videos.append(render_clip(model, clip, sampling, options, on_step))
     return join_segments(videos, loop)[0]

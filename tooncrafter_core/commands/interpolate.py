@@ -6,6 +6,7 @@ Without --ckpt the default released checkpoint is downloaded into --models-dir (
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..pipeline import InputError
 from ..runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
 from ..settings import RuntimeOptions, SamplingConfig
 from ..weights import catalog, lora
-from ..weights.checkpoint import WEIGHT_DTYPES, load_for
+from ..weights.checkpoint import WEIGHT_DTYPES, load_deferred_unet, load_for, move_model
 from ..weights.sketch_encoder import load_sketch_encoder
 from .common import (
     StepProgress,
@@ -106,6 +107,14 @@ def _check_size(height: int, width: int, multiple: int) -> None:
         )
 
 
+def _swap_encoders_for_unet(model, loras, device) -> None:
+    model.cond_stage_model = None
+    model.embedder = None
+    gc.collect()
+    load_deferred_unet(model, device)
+    lora.merge(model.unet, loras)
+
+
 def run(args: argparse.Namespace) -> int:
     # Inputs are checked and read before the model: a typo should not cost a checkpoint load.
     check_out_dir(args.out)
@@ -132,9 +141,11 @@ def run(args: argparse.Namespace) -> int:
     if ckpt is None:
         ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
     dtype = COMPUTE_DTYPES[compute_dtype_name(args.dtype, device)]
-    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype))
-    lora.merge_specs(model, args.lora)
-    model = model.to(device)
+    # The UNet is read only once every segment is conditioned and the encoders are gone: the run
+    # never holds the text and image encoders (1 B parameters) and the UNet (1.4 B) together.
+    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype), defer_unet=True)
+    loras = lora.load_specs(args.lora, lora.adaptable_shapes(model.unet.state_dict()))
+    model = move_model(model, device)
     height = args.height or model.config.pixel_size[0]
     width = args.width or model.config.pixel_size[1]
     _check_size(height, width, pipeline.size_multiple(model.config))
@@ -161,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
             loop=args.loop,
             callback=progress,
             sketch=guide,
+            on_conditioned=lambda: _swap_encoders_for_unet(model, loras, device),
         )
     finally:
         progress.close()

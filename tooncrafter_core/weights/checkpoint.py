@@ -15,7 +15,7 @@ import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from ..models.config import (
 from ..models.ops import CastWeights, Default
 from ..models.schedule import SCHEDULE_KEYS, Schedule
 from ..models.tooncrafter import ToonCrafter
+from . import safetensors_file
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message says which file and what to do."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file on the CPU (the `state_dict` entry of a Lightning .ckpt)."""
+def read_state_dict(path: str | Path, keep: Optional[Callable[[str], bool]] = None) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file on the CPU (the `state_dict` entry of a Lightning .ckpt): all, or
+    those whose key `keep` accepts. The others are never read into memory (safetensors is read tensor by
+    tensor, a zip .ckpt is memory-mapped)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own SafetensorError for damaged files
-            raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); download it again") from e
+            return safetensors_file.read_tensors(path, keep)
+        except safetensors_file.SafetensorsError as e:
+            raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); download it again") from None
     try:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -107,7 +108,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
-    return dict(obj)
+    return {k: v for k, v in obj.items() if keep is None or keep(k)}
+
+
+def checkpoint_shapes(path: str | Path) -> dict[str, tuple]:
+    """Every key of a checkpoint file with its shape, without reading the tensors."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            header, _ = safetensors_file.read_header(path)
+        except safetensors_file.SafetensorsError as e:
+            raise CheckpointError(f"{path.name} is not a readable safetensors file ({e}); download it again") from None
+        return {k: tuple(info["shape"]) for k, info in header.items()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path).items()}
 
 
 def _pickle_or_zip(path: Path) -> bool:
@@ -381,22 +394,28 @@ def load_state_into(
     name: str = "checkpoint",
     dtype: Optional[torch.dtype] = None,
     unet_weight_dtype: Optional[torch.dtype] = None,
+    part: Optional[Callable[[str], bool]] = None,
 ) -> None:
     """Strict, assigning load of `state` into a (meta-built) model; CHECKPOINT_ONLY_KEYS are checked and dropped.
 
     `state` is consumed: CHECKPOINT_ONLY_KEYS are removed from it, its tensors are cast in place
     (`dtype`, and `unet_weight_dtype` for the UNet's Linear and Conv weights) and then belong to
-    the model.
+    the model. `part` loads only the model's keys it accepts (strictly: exactly those).
     """
     _check_schedule(state, model.schedule, name)
     for key in CHECKPOINT_ONLY_KEYS:
         state.pop(key, None)
-    check_keys(model.state_dict(keep_vars=True), state, name)
+    expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if part is None or part(k)}
+    check_keys(expected, state, name)
     overrides = dict.fromkeys(unet_matrix_keys(model), unet_weight_dtype) if unet_weight_dtype is not None else {}
     _cast_in_place(state, dtype, overrides)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=part is None, assign=True)
     model.requires_grad_(False)
     model.eval()
+
+
+def _is_unet(key: str) -> bool:
+    return key.startswith(UNET_PREFIX)
 
 
 def load_model(
@@ -405,6 +424,7 @@ def load_model(
     config: Optional[ModelConfig] = None,
     operations=Default,
     unet_weight_dtype: Optional[torch.dtype] = None,
+    defer_unet: bool = False,
 ) -> ToonCrafter:
     """Build on the meta device and load a checkpoint file (any released layout) on the CPU.
 
@@ -413,14 +433,21 @@ def load_model(
     `unet_weight_dtype` (e.g. `torch.float8_e4m3fn`) stores the UNet's Linear and Conv weights in
     that dtype instead; with the default `operations` the UNet is then built from `CastWeights`
     layers (a host's own `operations` must cast by themselves), and it computes in the dtype of
-    its inputs.
+    its inputs. `defer_unet` leaves the UNet unread (on the meta device) until `load_deferred_unet`:
+    a run can encode first, release the encoders, and only then hold the UNet.
     """
     path = Path(path)
-    state = read_state_dict(path)
-    check_is_tooncrafter(state, path.name)
-    config = config or config_for(path, {k: tuple(v.shape) for k, v in state.items()})
-    has_text = any(k.startswith(TEXT_PREFIX) for k in state)
-    has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in state)
+    if defer_unet:
+        shapes = checkpoint_shapes(path)
+        check_is_tooncrafter(shapes, path.name)
+        state = read_state_dict(path, keep=lambda k: not _is_unet(k))
+    else:
+        state = read_state_dict(path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        check_is_tooncrafter(shapes, path.name)
+    config = config or config_for(path, shapes)
+    has_text = any(k.startswith(TEXT_PREFIX) for k in shapes)
+    has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in shapes)
     # Only the UNet takes the storage dtype: it holds 1.44 B of the 2.57 B parameters and stays
     # resident through every sampling step, while the encoders run once per clip (a host may
     # offload them) and the VAE is 0.1 B. The encoders and the Resampler also set the conditioning
@@ -430,6 +457,15 @@ def load_model(
         model = ToonCrafter(
             config, text_encoder=has_text, image_encoder=has_vision, operations=operations, unet_operations=unet_operations
         )
+    if defer_unet:
+        expected = {k for k in model.state_dict() if _is_unet(k)}
+        missing = [k for k in expected if k not in shapes]
+        if missing:
+            raise CheckpointError(_mismatch_message(path.name, missing, [], "the ToonCrafter architecture", _TOONCRAFTER_HINT))
+        load_state_into(model, state, path.name, dtype, None, part=lambda k: not _is_unet(k))
+        model._deferred_unet = (path, dtype, unet_weight_dtype)
+        log.info("loaded %s without its UNet (read when the encoders are done)", path.name)
+        return model
     load_state_into(model, state, path.name, dtype, unet_weight_dtype)
     log.info(
         "loaded %s (UNet weights %s, VAE weights %s, text encoder: %s, image encoder: %s)",
@@ -442,14 +478,45 @@ def load_model(
     return model
 
 
-def load_for(path: str | Path, dtype: torch.dtype, weight_dtype: Optional[torch.dtype] = None) -> ToonCrafter:
+def load_deferred_unet(model: ToonCrafter, device: Optional[torch.device | str] = None) -> None:
+    """Read the UNet of a model loaded with `defer_unet` and move it to `device` (nothing to do for
+    one loaded whole)."""
+    pending = model.__dict__.pop("_deferred_unet", None)
+    if pending is None:
+        return
+    path, dtype, unet_weight_dtype = pending
+    state = read_state_dict(path, keep=_is_unet)
+    load_state_into(model, state, path.name, dtype, unet_weight_dtype, part=_is_unet)
+    if device is not None:
+        model.model.to(device)
+    log.info(
+        "loaded the UNet of %s (UNet weights %s, VAE weights %s)",
+        path.name, model.unet.out[2].weight.dtype, model.vae.encoder.conv_in.weight.dtype,
+    )
+
+
+def move_model(model: ToonCrafter, device: torch.device | str) -> ToonCrafter:
+    """`model.to(device)`, except that a UNet still unread (`defer_unet`) stays unread:
+    `load_deferred_unet(model, device)` puts it there."""
+    if "_deferred_unet" not in model.__dict__:
+        return model.to(device)
+    for child in model.children():
+        if child is not model.model:
+            child.to(device)
+    return model
+
+
+def load_for(
+    path: str | Path, dtype: torch.dtype, weight_dtype: Optional[torch.dtype] = None, defer_unet: bool = False
+) -> ToonCrafter:
     """A model that computes in `dtype` with its weights stored in `weight_dtype` (None: `dtype`).
 
     fp8 storage applies to the UNet's Linear and Conv weights (the rest is in `dtype`); any other
     storage dtype builds every layer as a casting layer that converts its weights at each call.
+    `defer_unet`: see `load_model`.
     """
     if weight_dtype in FP8_DTYPES:
-        return load_model(path, dtype=dtype, unet_weight_dtype=weight_dtype)
+        return load_model(path, dtype=dtype, unet_weight_dtype=weight_dtype, defer_unet=defer_unet)
     if weight_dtype is None or weight_dtype == dtype:
-        return load_model(path, dtype=dtype)
-    return load_model(path, dtype=weight_dtype, operations=CastWeights)
+        return load_model(path, dtype=dtype, defer_unet=defer_unet)
+    return load_model(path, dtype=weight_dtype, operations=CastWeights, defer_unet=defer_unet)

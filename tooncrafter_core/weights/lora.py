@@ -302,14 +302,14 @@ def merge_into_state(state: dict[str, torch.Tensor], loras: Sequence[tuple[Lora,
 
 def load_specs(specs: Sequence[LoraSpec], targets: Mapping[str, torch.Size]) -> list[tuple[Lora, float]]:
     """Read every file of `specs` -> (lora, strength) pairs."""
-    return [(load_lora(spec.path, targets), spec.strength) for spec in specs]
+    loras = [(load_lora(spec.path, targets), spec.strength) for spec in specs]
+    for lora, strength in loras:
+        log.info("read LoRA %s: %d layers, strength %g", lora.name, len(lora.layers), strength)
+    return loras
 
 
 def merge_specs(model, specs: Sequence[LoraSpec], keep_original: bool = False) -> dict[str, torch.Tensor]:
     """Read and merge LoRA files into a `pipeline.ToonCrafter`'s UNet; see `merge`."""
     if not specs:
         return {}
-    loras = load_specs(specs, adaptable_shapes(model.unet.state_dict()))
-    for spec, (lora, _) in zip(specs, loras):
-        log.info("merging LoRA %s at strength %g (%d layers)", lora.name, spec.strength, len(lora.layers))
-    return merge(model.unet, loras, keep_original)
+    return merge(model.unet, load_specs(specs, adaptable_shapes(model.unet.state_dict())), keep_original)
