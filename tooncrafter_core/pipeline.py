@@ -89,6 +89,14 @@ def negative_pixels(config: VisionEncoderConfig, device=None) -> torch.Tensor:
     return clip_pixels(zero_image(1, config.image_size, device), config)
 
 
+_NEGATIVE_CONTEXT = "_negative_context"  # on the model: {(device, dtype): context}
+
+
+def clear_negative_context(model: "ToonCrafter") -> None:
+    """Forget the cached negative context (after changing the encoders' weights; benchmarks)."""
+    model.__dict__.pop(_NEGATIVE_CONTEXT, None)
+
+
 def contexts(
     model: "ToonCrafter", start: torch.Tensor, prompts: Sequence[str], negative: bool, device, dtype
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -99,7 +107,7 @@ def contexts(
     the rounding of a batched matmul)."""
     n = len(prompts)
     encoder = model.embedder
-    cache = model.__dict__.setdefault("_negative_context", {})
+    cache = model.__dict__.setdefault(_NEGATIVE_CONTEXT, {})
     key = (str(torch.device(device)), dtype)
     if negative and key not in cache:
         text = encode_prompts(model.cond_stage_model, [""], device, dtype)
