@@ -407,13 +407,16 @@ def check_keyframes(start: torch.Tensor, end: torch.Tensor, multiple: int) -> No
 
 @dataclass
 class PreparedClip:
-    """A clip conditioned and ready to sample: everything the encoders had to give, and the generator
-    in the state the clip's remaining draws (per-step noise) start from."""
+    """A clip whose text and image encoders have run: what sampling it still needs. Small (contexts
+    and keyframes), so a sequence can hold every segment's while the encoders are released."""
 
-    cond: Conditioning
-    x_T: torch.Tensor  # (b z t h w), the compute dtype
-    refs: list[torch.Tensor]  # the decoder's reference features
+    context: torch.Tensor
+    uncond: Optional[torch.Tensor]
+    start: torch.Tensor  # (b 3 H W), the compute dtype
+    end: torch.Tensor
+    frames: int
     generator: Optional[torch.Generator]
+    sketch: Optional[SketchGuide]
 
 
 def condition_clip(
@@ -427,14 +430,13 @@ def condition_clip(
     generator: Optional[torch.Generator] = None,
     sketch: Optional[SketchGuide] = None,
 ) -> PreparedClip:
-    """The first half of `interpolate`: the encoders and the initial draws, no UNet."""
+    """The first half of `interpolate`: the inputs checked and the text and image encoders run."""
     if model.cond_stage_model is None or model.embedder is None:
         raise InputError(
             "this checkpoint has no text/image encoders (pruned file); encode the prompt and the start "
             "frame with separate OpenCLIP ViT-H-14 encoders and call the stage functions instead"
         )
     dev, dtype = options.device, options.dtype
-    frames = frames or model.config.frames
     start = start.to(dev, torch.float32)
     end = end.to(dev, torch.float32)
     check_keyframes(start, end, size_multiple(model.config))
@@ -444,10 +446,7 @@ def condition_clip(
         raise InputError(f"got {len(prompts)} prompts for {b} keyframe pairs")
     with torch.inference_mode():
         context, uncond = contexts(model, start.to(dtype), prompts, sampling.cfg_scale != 1.0, dev, dtype)
-        enc = encode_keyframes(model.vae, start.to(dtype), end.to(dtype))
-        concat, x_T = initial_latents(enc, frames, model.config, generator, dev)
-    fs = torch.full((b,), sampling.fs, dtype=torch.long, device=dev)
-    return PreparedClip(Conditioning(context, uncond, concat.to(dtype), fs, sketch), x_T.to(dtype), enc.refs, generator)
+    return PreparedClip(context, uncond, start.to(dtype), end.to(dtype), frames or model.config.frames, generator, sketch)
 
 
 def render_clip(
@@ -457,18 +456,24 @@ def render_clip(
     options: RuntimeOptions = RuntimeOptions(),
     callback: Optional[StepCallback] = None,
 ) -> torch.Tensor:
-    """The second half of `interpolate`: DDIM over the UNet and the decode -> video (b 3 t H W), fp32 CPU."""
+    """The second half of `interpolate`: VAE encode, initial draws, DDIM over the UNet and the decode
+    -> video (b 3 t H W), fp32 on the CPU."""
+    dev, dtype = options.device, options.dtype
     prepare(model, options)
     with torch.inference_mode():
-        samples = sample(model.unet, model.schedule, clip.cond, sampling, clip.x_T, generator=clip.generator,
+        enc = encode_keyframes(model.vae, clip.start, clip.end)
+        concat, x_T = initial_latents(enc, clip.frames, model.config, clip.generator, dev)
+        fs = torch.full((clip.start.shape[0],), sampling.fs, dtype=torch.long, device=dev)
+        cond = Conditioning(clip.context, clip.uncond, concat.to(dtype), fs, clip.sketch)
+        samples = sample(model.unet, model.schedule, cond, sampling, x_T.to(dtype), generator=clip.generator,
                          callback=callback)
         _, video = decode(
-            model.vae, samples, clip.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
+            model.vae, samples, enc.refs, sampling.second_decode, options.decode_chunk, options.decode_overlap
         )
     video = video.float().cpu()
     if not torch.isfinite(video).all():
         raise FloatingPointError(
-            f"the decoded video has NaN/inf values in {options.dtype}; run again with dtype float32 or bfloat16"
+            f"the decoded video has NaN/inf values in {dtype}; run again with dtype float32 or bfloat16"
         )
     return video
 
@@ -568,8 +573,8 @@ def interpolate_sequence(
     Segment i interpolates its pair exactly as `interpolate` does with a CPU generator seeded
     `seed + i`, so one segment can be redone alone and the others stay as they were. `callback`
     gets the step index counted over all segments (segment i's steps start at i * steps).
-    Every segment is conditioned before any is sampled; `on_conditioned()` runs in between (a host
-    can release the encoders and load the UNet there).
+    Every segment's text and image encoders run before any segment is sampled; `on_conditioned()` runs
+    in between (a host can release the encoders and load the UNet there).
     """
     if keyframes.ndim != 4:
         raise InputError(f"keyframes must be (n, 3, height, width), got {tuple(keyframes.shape)}")
