@@ -15,7 +15,11 @@ Per dtype:
   3. one phased run through the stage functions in the same order as `interpolate`, with the
      peak-memory counter reset before each phase: conditioning (CLIP text + vision + Resampler),
      VAE encode, sampling (`--phase-steps` steps; peak memory does not depend on the step count),
-     and decode (timed `--runs` times: the decode alone).
+     and decode (timed `--runs` times: the decode alone);
+  4. with `--profile`, one guided DDIM step under torch.profiler (the top operators by their own
+     device time, each with its share of the step) and under FlopCounterMode (its FLOPs, hence the
+     TFLOP/s the timed runs' median step reached and, with a known or given `--peak-tflops`, the
+     fraction of the card's dense peak).
 
 Examples:
   python3 benchmarks/bench_interpolate.py --device cuda --dtypes fp16,bf16 --runs 2 --json bench.json
@@ -72,6 +76,11 @@ log = logging.getLogger("bench_interpolate")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_STORAGE = {"auto": None, **{name: d for name, d in WEIGHT_DTYPES.items() if d in FP8_DTYPES}}
 GIB = 1024**3
+# Dense (no sparsity) fp16/bf16 tensor-core peaks in TFLOP/s, from the vendors' data sheets (SXM parts),
+# matched against torch.cuda.get_device_name(); --peak-tflops overrides.
+DENSE_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "RTX 4090": 165.0,
+                     "RTX 3090": 71.0, "A10G": 70.0}
+PROFILE_TOP = 15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,6 +350,65 @@ def phased_run(model, start, end, args, sampling, options, dev) -> dict:
     return out
 
 
+def dense_peak_tflops(dev: torch.device, given: Optional[float]) -> Optional[float]:
+    if given is not None or dev.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(dev)
+    return next((v for k, v in DENSE_PEAK_TFLOPS.items() if k in name), None)
+
+
+def profile_step(model, start, end, args, sampling, options, dev, step_ms: Optional[float]) -> dict:
+    """Where one guided DDIM step's time goes: its FLOPs and the top operators by own device time."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dtype, b = options.dtype, start.shape[0]
+    with torch.inference_mode():
+        s = start.to(dev, dtype)
+        context, uncond = contexts(model, s, [args.prompt] * b, sampling.cfg_scale != 1.0, dev, dtype)
+        enc = encode_keyframes(model.vae, s, end.to(dev, dtype))
+        concat, x_T = initial_latents(enc, args.frames, model.config, make_generator(args.generator, dev, args.seed), dev)
+        cond = Conditioning(context, uncond, concat.to(dtype), torch.full((b,), sampling.fs, dtype=torch.long, device=dev))
+        one = dataclasses.replace(sampling, steps=1)
+
+        def step():
+            sample(model.unet, model.schedule, cond, one, x_T.to(dtype), generator=make_generator(args.generator, dev, 0))
+            sync(dev)
+
+        step()  # the shapes' kernels chosen before the profiled call
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            step()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total_us = sum(getattr(e, key) for e in events)
+    top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:PROFILE_TOP]
+    flops = counter.get_total_flops()
+    achieved = flops / (step_ms / 1000) / 1e12 if step_ms else None
+    peak = dense_peak_tflops(dev, args.peak_tflops)
+    out = {
+        "flops_per_step": flops,
+        "profiled_step_ms": total_us / 1000,
+        "timed_step_ms": step_ms,
+        "achieved_tflops": achieved,
+        "dense_peak_tflops": peak,
+        "fraction_of_peak": achieved / peak if achieved is not None and peak else None,
+        "time_kind": key,
+        "top_ops": [
+            {"name": e.key, "ms": getattr(e, key) / 1000, "share": getattr(e, key) / total_us, "calls": e.count}
+            for e in top
+        ],
+    }
+    log.info("[%s] one step: %.1f GFLOP, %s TFLOP/s at the timed step%s; top operators by own time:\n%s",
+             args_dtype_name(dtype), flops / 1e9, fmt(achieved, ".2f"),
+             f" = {out['fraction_of_peak']:.1%} of the {peak:.0f} TFLOP/s dense peak" if out["fraction_of_peak"] else "",
+             "\n".join(f"  {o['share']:6.1%} {o['ms']:9.2f} ms {o['calls']:6d}x  {o['name']}" for o in out["top_ops"]))
+    return out
+
+
 def args_dtype_name(dtype: torch.dtype) -> str:
     return next(k for k, v in DTYPES.items() if v == dtype)
 
@@ -423,6 +491,9 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
         "peak_run_gib": max((r["peak_gib"] for r in runs if r["peak_gib"] is not None), default=None),
         "all_finite": all(r["video_finite"] and r["latents_finite"] is not False for r in runs) and not ph["nonfinite"],
     }
+
+    if args.profile:
+        res["profile"] = profile_step(model, start, end, args, sampling, options, dev, res["summary"]["step_ms_median"])
 
     # The process's peak so far: run one dtype per process for that dtype's own peak (CPU runs).
     res["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
@@ -574,6 +645,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cli", action="store_true",
                    help="then also one clip through the CLI in a fresh process, from these random weights written as "
                         "an fp16 safetensors file (the default download's format): its time and peak RSS (results.<dtype>.cli)")
+    p.add_argument("--profile", action="store_true",
+                   help="then profile one guided step: FLOPs, TFLOP/s, top operators (results.<dtype>.profile)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the device's dense fp16/bf16 peak for --profile's fraction (default: known cards)")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the full results here")
     args = p.parse_args(argv)
     names = [d.strip() for d in args.dtypes.split(",") if d.strip()]

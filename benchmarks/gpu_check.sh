@@ -4,7 +4,8 @@
 # normal and with a 6 GiB budget under --lowvram and the native MODEL with the stock KSampler at the
 # fast setting of workflows/tooncrafter_ksampler.json, and one rank-16 LoRA training step (peak memory,
 # s/step, with and without gradient checkpointing). Each run writes its JSON to $OUT (or
-# benchmarks/results/) named after the card.
+# benchmarks/results/) named after the card; check_targets.py then prints the targets met or missed and,
+# for a miss, where the time or memory went (per-phase peaks, the profiled step's top operators).
 #
 #   COMFY=.comfyui bash benchmarks/gpu_check.sh           # everything (ComfyUI copied into the repo: the
 #                                                         # device machine gets the repo and nothing beside it)
@@ -70,7 +71,7 @@ nodes_run() {  # name, then bench_comfy_nodes arguments
     fi
 }
 
-run steps50 "${dtypes[@]}" "${steps50[@]}"
+run steps50 "${dtypes[@]}" "${steps50[@]}" --profile
 run steps25 "${dtypes[@]}" "${steps25[@]}"
 run fp8_e4m3fn --dtypes "$([ "$mode" = dry-run ] && echo fp32 || echo bf16)" --weight-dtype fp8_e4m3fn "${steps50[@]}"
 run channels_last "${dtypes[@]}" "${steps50[@]}" --channels-last
@@ -89,5 +90,7 @@ if [ -n "$comfy" ]; then
     nodes_run comfy_native_ipndm_beta_${fast_steps} --sampler ipndm --scheduler beta --steps "$fast_steps"
 fi
 ls -l "$out"
+echo "=== targets"
+python3 benchmarks/check_targets.py --out "$out" --card "$card" || failures=$((failures + 1))
 echo "failed runs: $failures"
 exit $((failures > 0))
