@@ -275,8 +275,9 @@ def timed_interpolate(model, start, end, args, sampling, options, dev, gen_seed)
     return rec
 
 
-def phased_run(model, start, end, args, sampling, options, dev) -> dict:
-    """The stages of `interpolate`, in its order, with peak memory reset before each one."""
+def phased_run(model, start, end, args, sampling, options, dev, step_ms: Optional[float]) -> dict:
+    """The stages of `interpolate`, in its order, with peak memory reset before each one; with
+    `--profile`, one more step of the same sampling, profiled (`step_ms`: the timed runs' step)."""
     clock, mem = Clock(dev), Memory(dev)
     dtype, b = options.dtype, start.shape[0]
     out: dict = {"phases": {}, "nonfinite": []}
@@ -320,6 +321,8 @@ def phased_run(model, start, end, args, sampling, options, dev) -> dict:
             lambda: sample(model.unet, model.schedule, cond, short, x_T.to(dtype), generator=generator),
         )
         out["phases"]["sampling"]["steps"] = args.phase_steps
+        if args.profile:
+            out["profile"] = profile_step(model, cond, x_T.to(dtype), args, sampling, dev, step_ms)
 
         decode_s = []
         video = None
@@ -357,24 +360,18 @@ def dense_peak_tflops(dev: torch.device, given: Optional[float]) -> Optional[flo
     return next((v for k, v in DENSE_PEAK_TFLOPS.items() if k in name), None)
 
 
-def profile_step(model, start, end, args, sampling, options, dev, step_ms: Optional[float]) -> dict:
+def profile_step(model, cond: Conditioning, x_T: torch.Tensor, args, sampling, dev, step_ms: Optional[float]) -> dict:
     """Where one guided DDIM step's time goes: its FLOPs and the top operators by own device time."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    dtype, b = options.dtype, start.shape[0]
+    one = dataclasses.replace(sampling, steps=1)
+
+    def step():
+        sample(model.unet, model.schedule, cond, one, x_T, generator=make_generator(args.generator, dev, 0))
+        sync(dev)
+
     with torch.inference_mode():
-        s = start.to(dev, dtype)
-        context, uncond = contexts(model, s, [args.prompt] * b, sampling.cfg_scale != 1.0, dev, dtype)
-        enc = encode_keyframes(model.vae, s, end.to(dev, dtype))
-        concat, x_T = initial_latents(enc, args.frames, model.config, make_generator(args.generator, dev, args.seed), dev)
-        cond = Conditioning(context, uncond, concat.to(dtype), torch.full((b,), sampling.fs, dtype=torch.long, device=dev))
-        one = dataclasses.replace(sampling, steps=1)
-
-        def step():
-            sample(model.unet, model.schedule, cond, one, x_T.to(dtype), generator=make_generator(args.generator, dev, 0))
-            sync(dev)
-
         step()  # the shapes' kernels chosen before the profiled call
         counter = FlopCounterMode(display=False)
         with counter:
@@ -403,7 +400,7 @@ def profile_step(model, start, end, args, sampling, options, dev, step_ms: Optio
         ],
     }
     log.info("[%s] one step: %.1f GFLOP, %s TFLOP/s at the timed step%s; top operators by own time:\n%s",
-             args_dtype_name(dtype), flops / 1e9, fmt(achieved, ".2f"),
+             args_dtype_name(x_T.dtype), flops / 1e9, fmt(achieved, ".2f"),
              f" = {out['fraction_of_peak']:.1%} of the {peak:.0f} TFLOP/s dense peak" if out["fraction_of_peak"] else "",
              "\n".join(f"  {o['share']:6.1%} {o['ms']:9.2f} ms {o['calls']:6d}x  {o['name']}" for o in out["top_ops"]))
     return out
@@ -472,13 +469,13 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
             )
     res["runs"] = runs
 
-    ph = phased_run(model, start, end, args, sampling, options, dev)
+    all_steps = [s for r in runs for s in r["step_ms"]]
+    ph = phased_run(model, start, end, args, sampling, options, dev, statistics.median(all_steps) if all_steps else None)
     res.update(ph)
     for pname, p in ph["phases"].items():
         log.info("[%s] phase %-12s %.3f s, peak %s GiB", name, pname, p["seconds"], p["peak_gib"])
 
     # Summary numbers.
-    all_steps = [s for r in runs for s in r["step_ms"]]
     totals = [r["total_s"] for r in runs]
     res["summary"] = {
         "total_s_mean": statistics.mean(totals) if totals else None,
@@ -491,9 +488,6 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
         "peak_run_gib": max((r["peak_gib"] for r in runs if r["peak_gib"] is not None), default=None),
         "all_finite": all(r["video_finite"] and r["latents_finite"] is not False for r in runs) and not ph["nonfinite"],
     }
-
-    if args.profile:
-        res["profile"] = profile_step(model, start, end, args, sampling, options, dev, res["summary"]["step_ms_median"])
 
     # The process's peak so far: run one dtype per process for that dtype's own peak (CPU runs).
     res["process_peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
