@@ -50,7 +50,9 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from check_targets import op_lines  # noqa: E402
 from tooncrafter_core import frames as tc_frames  # noqa: E402
 from tooncrafter_core.models import encoders as tc_encoders  # noqa: E402
 from tooncrafter_core.models.config import ModelConfig, from_original_yaml  # noqa: E402
@@ -402,7 +404,7 @@ def profile_step(model, cond: Conditioning, x_T: torch.Tensor, args, sampling, d
     log.info("[%s] one step: %.1f GFLOP, %s TFLOP/s at the timed step%s; top operators by own time:\n%s",
              args_dtype_name(x_T.dtype), flops / 1e9, fmt(achieved, ".2f"),
              f" = {out['fraction_of_peak']:.1%} of the {peak:.0f} TFLOP/s dense peak" if out["fraction_of_peak"] else "",
-             "\n".join(f"  {o['share']:6.1%} {o['ms']:9.2f} ms {o['calls']:6d}x  {o['name']}" for o in out["top_ops"]))
+             "\n".join(op_lines(out["top_ops"])))
     return out
 
 
@@ -470,7 +472,8 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     res["runs"] = runs
 
     all_steps = [s for r in runs for s in r["step_ms"]]
-    ph = phased_run(model, start, end, args, sampling, options, dev, statistics.median(all_steps) if all_steps else None)
+    median_step_ms = statistics.median(all_steps) if all_steps else None
+    ph = phased_run(model, start, end, args, sampling, options, dev, median_step_ms)
     res.update(ph)
     for pname, p in ph["phases"].items():
         log.info("[%s] phase %-12s %.3f s, peak %s GiB", name, pname, p["seconds"], p["peak_gib"])
@@ -480,7 +483,7 @@ def bench_dtype(name: str, config: ModelConfig, args, dev: torch.device) -> dict
     res["summary"] = {
         "total_s_mean": statistics.mean(totals) if totals else None,
         "total_s_min": min(totals) if totals else None,
-        "step_ms_median": statistics.median(all_steps) if all_steps else None,
+        "step_ms_median": median_step_ms,
         "step_ms_mean": statistics.mean(all_steps) if all_steps else None,
         "sampling_s_est": statistics.mean(all_steps) * args.steps / 1000 if all_steps else None,
         "decode_s_min": min(ph["phases"]["decode"]["seconds_runs"]),

@@ -52,6 +52,11 @@ def clip_seconds(report: Optional[dict]) -> Optional[float]:
     return sum(nodes[n]["seconds"] for n in CLIP_NODES)
 
 
+def op_lines(top_ops: list[dict]) -> list[str]:
+    """The profiled step's operators, one line each: share, own time, calls, name."""
+    return [f"  {o['share']:6.1%} {o['ms']:9.2f} ms {o['calls']:6d}x  {o['name']}" for o in top_ops]
+
+
 def where_bench_went(name: str, res: dict) -> list[str]:
     lines = [f"{name}: phases (seconds, peak GiB): " + ", ".join(
         f"{k} {v['seconds']:.3f} s / {v['peak_gib']} GiB" for k, v in res.get("phases", {}).items())]
@@ -63,7 +68,7 @@ def where_bench_went(name: str, res: dict) -> list[str]:
             f"{prof['achieved_tflops'] or 0:.1f} TFLOP/s" + (f" = {frac:.1%} of the dense peak" if frac else "")
             + "; top operators by own time:"
         )
-        lines += [f"  {o['share']:6.1%} {o['ms']:9.2f} ms {o['calls']:6d}x  {o['name']}" for o in prof["top_ops"][:TOP_OPS]]
+        lines += op_lines(prof["top_ops"][:TOP_OPS])
     else:
         lines.append(f"{name}: no profile (run bench_interpolate.py with --profile)")
     return lines
