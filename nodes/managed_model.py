@@ -34,6 +34,7 @@ from ..tooncrafter_core.weights import catalog, checkpoint, lora
 from ..tooncrafter_core.weights.checkpoint import FP8_DTYPES, load_model
 from ..tooncrafter_core.weights.sketch_encoder import load_sketch_encoder as load_sketch_encoder_file
 from . import native_model
+from .controls import SketchControl
 
 log = logging.getLogger(__name__)
 
@@ -406,4 +407,4 @@ def sketch_control(encoder, drawn: torch.Tensor, frame_indices: str, strength: f
         )
     except ValueError as e:
         raise pipeline.InputError(f"ToonCrafter Apply Sketch: {e} (sketches input / frame_indices)") from None
-    return native_model.SketchControl(encoder, hint, strength)
+    return SketchControl(encoder, hint, strength)

@@ -13,13 +13,13 @@ import logging
 from typing import Optional
 
 import comfy.conds
-import comfy.controlnet
 import comfy.hooks
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 import comfy.sd
 import comfy.sd1_clip
@@ -27,14 +27,18 @@ import comfy.supported_models_base
 import folder_paths
 import torch
 from comfy.text_encoders.sd2_clip import SD2Tokenizer
+from einops import rearrange
 
 from ..tooncrafter_core import pipeline
+from ..tooncrafter_core.models.attention import TemporalTransformer
 from ..tooncrafter_core.models.encoders import TextEncoder
 from ..tooncrafter_core.models.schedule import Schedule
-from ..tooncrafter_core.models.sketch_encoder import SketchEncoder, controls
+from ..tooncrafter_core.models.config import UNetConfig
 from ..tooncrafter_core.models.unet import UNetModel
 from ..tooncrafter_core.noise_levels import NoiseLevels
 from ..tooncrafter_core.sampling import level_guidance, sample_ddim_levels
+from . import model_options, unet_patches
+from .controls import control_residuals, window_frames
 from .types import FS_KEY, POSTERIOR_KEY
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,12 @@ class ToonCrafterConfig(comfy.supported_models_base.BASE):
     unet_config = {"disable_unet_model_creation": True}
     unet_extra_config = {}
 
-    def __init__(self):
-        super().__init__(self.unet_config)
+    def __init__(self, unet: UNetConfig):
+        # Read by nodes that size their patches from it (FreeU: model_channels); num_res_blocks stays out,
+        # which keeps ComfyUI from deriving diffusers LoRA names for a layout it does not know.
+        super().__init__({**self.unet_config, "model_channels": unet.model_channels, "in_channels": unet.in_channels,
+                          "out_channels": unet.out_channels, "context_dim": unet.context_dim})
+
     latent_format = ToonCrafterLatentFormat
     # Calibrated on the H200 run: 16 frames 320x512 with cfg batched took about 1.8 GiB of
     # activations in fp16 over the weights.
@@ -114,10 +122,12 @@ class ToonCrafterConfig(comfy.supported_models_base.BASE):
 
 class ToonCrafterNativeModel(comfy.model_base.BaseModel):
     """The UNet as ComfyUI's diffusion model. Conditioning entries from ToonCrafter Conditioning carry
-    the keyframes' posterior, the frame stride and the context; sketch guidance comes as `control`."""
+    the keyframes' posterior, the frame stride and the context; sketch guidance comes as `control`.
+    Its UNet calls honour ComfyUI's attention and block patches (`unet_patches`), DIFFUSION_MODEL
+    wrappers (EasyCache), context windows and stock controls (`controls.FramesControl`)."""
 
     def __init__(self, unet: UNetModel, schedule: Schedule, scale_factor: float, compute_dtype: torch.dtype, device=None):
-        config = ToonCrafterConfig()
+        config = ToonCrafterConfig(unet.config)
         levels = NoiseLevels(schedule)
         config.latent_format = ToonCrafterLatentFormat(1.0 / levels.latent_scale)
         stored = _weight_dtype(unet)
@@ -125,15 +135,22 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
         super().__init__(config, comfy.model_base.ModelType.FLOW, device=device)
         self.diffusion_model = unet
         self.model_sampling = ToonCrafterSampling(levels)
-        self.compute_dtype = compute_dtype
         self.scale_factor = scale_factor  # the VAE's latent scale: the keyframes' posterior is drawn at it
 
     @property
     def levels(self) -> NoiseLevels:
+        if not isinstance(self.model_sampling, ToonCrafterSampling):
+            raise pipeline.InputError(model_options.REPLACED_SAMPLING)
         return self.model_sampling.levels
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the UNet computes in: the loader's choice, or ModelComputeDtype's (ComfyUI's manual cast)."""
+        return self.manual_cast_dtype or _weight_dtype(self.diffusion_model)
+
     def get_dtype(self):
-        return _weight_dtype(self.diffusion_model)
+        # The compute dtype, not the stored one: ComfyUI casts model patches (hypernetworks) to it.
+        return self.compute_dtype
 
     def extra_conds(self, **kwargs):
         posterior = kwargs.get(POSTERIOR_KEY)
@@ -159,30 +176,132 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
         fs = kwargs.get("fs")
-        residuals = None if control is None else _sketch_residuals(control)
-        return pipeline.level_denoised(
-            self.diffusion_model,
-            self.levels,
-            t,
-            x,
-            mm.cast_to_device(c_crossattn, x.device, self.compute_dtype),
-            mm.cast_to_device(c_concat, x.device, torch.float32),
-            None if fs is None else fs.to(x.device).long(),
-            residuals,
-            self.compute_dtype,
+        folded = x.ndim == 4
+        if folded:
+            x, t, c_concat, c_crossattn, fs = _unfold(x, t, c_concat, c_crossattn, fs, transformer_options)
+        frames = window_frames(transformer_options, c_concat.shape[2])
+        if len(frames) != x.shape[2]:
+            raise pipeline.InputError(
+                f"the latent has {x.shape[2]} frames and the keyframe conditioning {c_concat.shape[2]}: connect the "
+                "latent output of the same ToonCrafter Conditioning node"
+            )
+        unet, levels, dtype = self.diffusion_model, self.levels, self.compute_dtype
+        b, _, frame_count, h, w = x.shape
+        options = {**transformer_options, "original_shape": [b * frame_count, unet.config.in_channels, h, w]}
+        hooks = unet_patches.unet_hooks(options)
+        residuals = control_residuals(control, len(unet.input_blocks))
+        context = mm.cast_to_device(c_crossattn, x.device, dtype)
+        concat = mm.cast_to_device(c_concat[:, :, frames], x.device, torch.float32)
+        fs = None if fs is None else fs.to(x.device).long()
+
+        def network(x_t, timesteps, context, control, transformer_options):
+            return unet(torch.cat([x_t, concat.to(x_t)], dim=1), timesteps, context, fs, control, hooks)
+
+        # DIFFUSION_MODEL wrappers (EasyCache) see the noisy latent alone, the shape of the prediction.
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options)
+        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(network, unet, wrappers)
+        denoised = pipeline.level_denoised(
+            lambda x_t, timesteps: executor.execute(x_t, timesteps, context, residuals, options), levels, t, x, dtype
         )
+        return rearrange(denoised, "b c t h w -> (b t) c h w") if folded else denoised
+
+
+def _unfold(x, t, c_concat, c_crossattn, fs, transformer_options):
+    """A call with the frames in the batch ((n t) c h w, from a function written for image or SVD latents,
+    see `model_options.FRAMES_IN_BATCH`) -> the clip's call (n c t h w), one clip per conditioning."""
+    frames = len(window_frames(transformer_options, c_concat.shape[2]))
+    conds = len(transformer_options.get("cond_or_uncond") or [None])
+    if x.shape[0] != conds * frames:
+        raise pipeline.InputError(
+            "SelfAttentionGuidance and the video CFG nodes treat each frame as an image and take one clip at a "
+            f"time; this batch holds {x.shape[0] // (conds * frames)} clips: sample the keyframe pairs one by one"
+        )
+    every = lambda v: None if v is None else v[::frames]  # noqa: E731  one row per clip of the repeated conds
+    return rearrange(x, "(n t) c h w -> n c t h w", t=frames), t[::frames], every(c_concat), every(c_crossattn), every(fs)
 
 
 def _weight_dtype(unet: UNetModel) -> torch.dtype:
     return unet.out[2].weight.dtype
 
 
+# SVD's name for temporal layers, which nodes address weights by (UNetTemporalAttentionMultiply).
+TEMPORAL_ALIAS = "time_stack."
+
+
+class ToonCrafterPatcher(comfy.model_patcher.ModelPatcher):
+    """ComfyUI's ModelPatcher for the native model. In `model_state_dict` the temporal transformers'
+    weights carry SVD's `time_stack.` in their names (`...input_blocks.1.2.time_stack.transformer_blocks...`),
+    so nodes that address temporal attention by name find ToonCrafter's; patches made under those names
+    go to the real weights. The model's own state dict (LoRA key maps, saving) keeps the checkpoint's names."""
+
+    def _temporal_prefixes(self) -> list[str]:
+        if not hasattr(self, "_prefixes"):
+            self._prefixes = [
+                f"diffusion_model.{name}." for name, module in self.model.diffusion_model.named_modules()
+                if isinstance(module, TemporalTransformer)
+            ]
+        return self._prefixes
+
+    def _alias(self, key: str) -> str:
+        for prefix in self._temporal_prefixes():
+            if key.startswith(prefix):
+                return prefix + TEMPORAL_ALIAS + key[len(prefix):]
+        return key
+
+    @staticmethod
+    def _real(key):
+        if isinstance(key, tuple):
+            return (ToonCrafterPatcher._real(key[0]), *key[1:])
+        return key.replace("." + TEMPORAL_ALIAS, ".")
+
+    def model_state_dict(self, filter_prefix=None):
+        sd = super().model_state_dict(filter_prefix)
+        if getattr(self, "_real_names", False):
+            return sd
+        return {self._alias(k): v for k, v in sd.items()}
+
+    def get_key_patches(self, filter_prefix=None):
+        self._real_names = True
+        try:
+            patches = super().get_key_patches(filter_prefix)
+        finally:
+            self._real_names = False
+        return {self._alias(k): v for k, v in patches.items()}
+
+    def add_patches(self, patches, strength_patch=1.0, strength_model=1.0):
+        real = {self._real(k): v for k, v in patches.items()}
+        self._check_merged_weights(real)
+        return super().add_patches(real, strength_patch, strength_model)
+
+    def _check_merged_weights(self, patches: dict) -> None:
+        """Weights merged in from another model (ModelMerge*: a list starting with (weight, convert)) must be
+        ToonCrafter's: ComfyUI itself skips unknown names and, with a warning, mismatched shapes."""
+        if not hasattr(self, "_shapes"):
+            self._shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        for key, value in patches.items():
+            key = key[0] if isinstance(key, tuple) else key
+            if not (isinstance(value, list) and value and isinstance(value[0], tuple) and torch.is_tensor(value[0][0])):
+                continue
+            shape = tuple(value[0][0].shape)
+            if self._shapes.get(key) != shape:
+                theirs = f"a {list(shape)} weight {key}" if key in self._shapes else f"a weight {key}"
+                ours = f"ToonCrafter's is {list(self._shapes[key])}" if key in self._shapes else "ToonCrafter has none"
+                raise pipeline.InputError(
+                    f"the model merged in is not a ToonCrafter model: it has {theirs} ({ours}); merge ToonCrafter "
+                    "checkpoints (or LoRA-patched ToonCrafter models) only"
+                )
+
+
 def native_patcher(
     unet: UNetModel, schedule: Schedule, scale_factor: float, compute_dtype: torch.dtype, load_device, offload_device
 ) -> comfy.model_patcher.ModelPatcher:
-    """The MODEL output of the loader: the native model in a ModelPatcher."""
+    """The MODEL output of the loader: the native model in a ModelPatcher, with the check that runs
+    before every sampling run (`model_options.before_sampling`)."""
     model = ToonCrafterNativeModel(unet, schedule, scale_factor, compute_dtype, device=offload_device)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = ToonCrafterPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, model_options.WRAPPER_KEY,
+                                 model_options.before_sampling)
+    return patcher
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,68 +354,6 @@ def _ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.
 def ddim_sampler(eta: float) -> comfy.samplers.KSAMPLER:
     """A SAMPLER for SamplerCustomAdvanced / SamplerCustom."""
     return comfy.samplers.KSAMPLER(_ddim, extra_options={"eta": eta})
-
-
-# ---------------------------------------------------------------------------------------------
-# Sketch guidance as a ComfyUI control
-
-
-class SketchControl(comfy.controlnet.ControlBase):
-    """The sketch encoder on the conditioning, as ComfyUI's ControlNets are: ComfyUI loads its patcher
-    with the model and asks it for residuals at every UNet call (both guidance passes)."""
-
-    def __init__(self, encoder: comfy.model_patcher.ModelPatcher, hint: torch.Tensor, scale: float):
-        super().__init__()
-        self.encoder = encoder
-        self.hint = hint  # (1 1 t H W) in [0, 1]
-        self.scale = scale
-        self.levels: Optional[NoiseLevels] = None
-        self.dtype = torch.float32
-        self.features = None
-
-    def pre_run(self, model, percent_to_timestep_function):
-        super().pre_run(model, percent_to_timestep_function)
-        self.levels, self.dtype = model.levels, model.compute_dtype
-
-    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-        prev = None
-        if self.previous_controlnet is not None:
-            prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        net: SketchEncoder = self.encoder.model
-        if self.features is None or self.features.device != x_noisy.device:
-            pipeline.check_sketch(self.hint, x_noisy)
-            # The hint block sees neither the timestep nor the context: one set of features a run.
-            self.features = net.hint_features(self.hint.to(x_noisy.device, self.dtype))
-        c = self.levels.coefficients(t)
-        x_t = self.levels.model_input(t, x_noisy.float(), c).to(self.dtype)
-        features = self.features.repeat(x_noisy.shape[0], 1, 1, 1)  # ((b t) c h w), the same sketches for every entry
-        context = mm.cast_to_device(cond["c_crossattn"], x_noisy.device, self.dtype)
-        residuals = controls(net, x_t, c.t.to(x_noisy.device, torch.float32), context, features, self.scale)
-        out = {"input": [], "middle": [residuals[-1]], "output": residuals[:-1]}
-        return self.control_merge(out, prev, output_dtype=None)
-
-    def get_models(self):
-        return super().get_models() + [self.encoder]
-
-    def copy(self):
-        c = SketchControl(self.encoder, self.hint, self.scale)
-        self.copy_to(c)
-        return c
-
-    def cleanup(self):
-        self.features = None
-        self.levels = None
-        super().cleanup()
-
-
-def _sketch_residuals(control: dict) -> list[torch.Tensor]:
-    """ComfyUI's control dict -> the core UNet's residual list (skips in order, then the middle block)."""
-    skips, middle = control.get("output", []), control.get("middle", [])
-    if control.get("input") or len(middle) != 1 or any(r is None for r in skips):
-        raise pipeline.InputError(
-            "only ToonCrafter Apply Sketch can steer the ToonCrafter model; SD ControlNets do not fit its UNet"
-        )
-    return [*skips, middle[0]]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from helpers import relative_error as rel
 from torch import nn
 
 from tooncrafter_core.models import ops
-from tooncrafter_core.models.attention import CrossAttention, FrameContext
+from tooncrafter_core.models.attention import CrossAttention
+from tooncrafter_core.models.unet_call import FrameContext
 from tooncrafter_core.models.unet import UNetModel
 from tooncrafter_core.pipeline import (
     contexts,

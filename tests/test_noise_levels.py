@@ -99,8 +99,9 @@ def _core_and_levels(tiny, steps, spacing, eta, rescale=0.7, seed=5):
 
         def denoiser(x, sigma):
             both = torch.cat([x, x])
-            d = pipeline.level_denoised(model.unet, levels, torch.cat([sigma, sigma]), both,
-                                        torch.cat([context, uncond]), torch.cat([concat, concat]), torch.tensor([10, 10]))
+            network = pipeline.concat_network(model.unet, torch.cat([context, uncond]), torch.cat([concat, concat]),
+                                              torch.tensor([10, 10]))
+            d = pipeline.level_denoised(network, levels, torch.cat([sigma, sigma]), both)
             return level_guidance(levels, sigma, x, *d.chunk(2), sampling.cfg_scale, rescale)
 
         sigmas = levels.ddim_sigmas(ddim_timesteps(steps, spacing))

@@ -27,6 +27,7 @@ from .models.schedule import Schedule
 from .models.sketch_encoder import HINT_DOWNSAMPLE, SketchEncoder, controls
 from .models.tooncrafter import ToonCrafter
 from .models.unet import UNetModel
+from .models.unet_call import NO_HOOKS, ControlResiduals, UNetHooks
 from .models.vae import AutoencoderKLDualRef
 from .noise_levels import NoiseLevels
 from .runtime import prepare
@@ -228,24 +229,35 @@ def unet_v(
 
 
 def level_denoised(
-    unet: UNetModel,
+    network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     levels: NoiseLevels,
     sigma: torch.Tensor,
     x: torch.Tensor,
+    dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """One network call for a host that samples in noise levels (`NoiseLevels`): x (b z t h w) at levels
+    sigma (b,) -> D, fp32. `network(x_t, t) -> v` sees the original's x_t in `dtype` and its timestep."""
+    c = levels.coefficients(sigma)
+    x_t = levels.model_input(sigma, x.float(), c).to(dtype or x.dtype)
+    v = network(x_t, c.t.to(x.device, torch.float32))
+    return levels.denoised(sigma, x.float(), v.float(), c)
+
+
+def concat_network(
+    unet: UNetModel,
     context: torch.Tensor,
     concat: torch.Tensor,
     fs: Optional[torch.Tensor],
-    control: Optional[Sequence[torch.Tensor]] = None,
-    dtype: Optional[torch.dtype] = None,
-) -> torch.Tensor:
-    """One UNet call for a host that samples in noise levels (`NoiseLevels`): x (b z t h w) at levels
-    sigma (b,) -> D, fp32. The UNet sees the original's x_t and timestep and computes in `dtype`."""
-    c = levels.coefficients(sigma)
-    dtype = dtype or x.dtype
-    x_t = levels.model_input(sigma, x.float(), c)
-    t = c.t.to(x.device, torch.float32)
-    v = unet(torch.cat([x_t, concat.to(x_t)], dim=1).to(dtype), t, context.to(dtype), fs, control)
-    return levels.denoised(sigma, x.float(), v.float(), c)
+    control: Optional[Sequence[torch.Tensor] | ControlResiduals] = None,
+    hooks: UNetHooks = NO_HOOKS,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The UNet with its conditions bound: (x_t (b z t h w), t (b,)) -> v, the concat condition joined
+    to x_t in x_t's dtype."""
+
+    def network(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return unet(torch.cat([x_t, concat.to(x_t)], dim=1), t, context.to(x_t.dtype), fs, control, hooks)
+
+    return network
 
 
 @dataclass

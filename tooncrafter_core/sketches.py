@@ -40,9 +40,19 @@ class SketchGuide:
 def sketch_hint(images: torch.Tensor, height: int, width: int, resize: str = "crop") -> torch.Tensor:
     """Drawn sketches (t 3 H' W') in [0, 1], dark lines on light paper -> hints (1 1 t height width):
     luma, inverted (lines 1, paper 0, as the encoder was trained), fitted like the keyframes."""
-    luma = torch.tensordot(torch.tensor(LUMA, dtype=images.dtype, device=images.device), images[:, :3], dims=([0], [1]))
-    fitted = tc_frames.fit(luma[:, None], height, width, resize)  # (t 1 h w)
+    fitted = tc_frames.fit(luma(images), height, width, resize)  # (t 1 h w)
     return rearrange(1.0 - fitted, "t c h w -> 1 c t h w")
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """RGB images (t 3 H W) -> their luma (t 1 H W)."""
+    weights = torch.tensor(LUMA, dtype=images.dtype, device=images.device)
+    return torch.tensordot(weights, images[:, :3], dims=([0], [1]))[:, None]
+
+
+def sketch_pixels(images: torch.Tensor) -> torch.Tensor:
+    """RGB sketches (t 3 H W) in [0, 1] already at the hint's size -> the encoder's input (t 1 H W)."""
+    return 1.0 - luma(images)
 
 
 def place_sketches(hints: torch.Tensor, indices: Optional[Sequence[int]], frames: int) -> torch.Tensor:

@@ -7,15 +7,15 @@ All attention runs through `torch.nn.functional.scaled_dot_product_attention`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from .ops import Default, group_norm
+from .ops import Default, group_norm, merge_heads, split_heads
+from .unet_call import AttentionHooks, AttentionSite, FrameContext, UNetCall
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
@@ -28,19 +28,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> 
     batch = q.shape[0]
     if batch != k.shape[0]:
         q = q.reshape(k.shape[0], -1, q.shape[-1])
-    q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
+    q, k, v = (split_heads(t, heads) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v)  # (b, h, n, d); scale d**-0.5 as the original
-    return rearrange(out, "b h n d -> b n (h d)").reshape(batch, -1, out.shape[1] * out.shape[3])
+    return merge_heads(out).reshape(batch, -1, out.shape[1] * out.shape[3])
 
 
-@dataclass(frozen=True)
-class FrameContext:
-    """The spatial cross-attention context of a clip of `frames` frames: text tokens once per clip
-    (b m c) and image tokens per frame ((b t) k c) or per clip (b k c), all contiguous."""
-
-    text: torch.Tensor
-    image: torch.Tensor
-    frames: int
+def split_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention as ComfyUI computes it for patched layers: keys of another batch than q are split
+    evenly over q's batch (a patch that tiles q, as HyperTile does, leaves k and v whole)."""
+    if k.shape[0] != q.shape[0]:
+        k, v = (t.reshape(q.shape[0], -1, t.shape[-1]) for t in (k, v))
+    return attention(q, k, v, heads)
 
 
 class CrossAttention(nn.Module):
@@ -64,7 +62,7 @@ class CrossAttention(nn.Module):
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         kw = dict(dtype=dtype, device=device)
-        self.heads = heads
+        self.heads, self.dim_head = heads, dim_head
         self.text_tokens = text_tokens
         self.image_cross_attention = image_cross_attention
         self.to_q = operations.Linear(query_dim, inner, bias=False, **kw)
@@ -86,11 +84,39 @@ class CrossAttention(nn.Module):
             return self.to_out(out)
         out = attention(q, self.to_k(context.text), self.to_v(context.text), self.heads)
         if self.image_cross_attention:
-            out_ip = attention(q, self.to_k_ip(context.image), self.to_v_ip(context.image), self.heads)
-            if self.image_scale_learnable:
-                out_ip = out_ip * (torch.tanh(self.alpha.to(out_ip)) + 1)
-            out = out + out_ip
+            out = out + self._image_weight(attention(q, self.to_k_ip(context.image), self.to_v_ip(context.image), self.heads))
         return self.to_out(out)
+
+    def _image_weight(self, out_ip: torch.Tensor) -> torch.Tensor:
+        if self.image_scale_learnable:
+            return out_ip * (torch.tanh(self.alpha.to(out_ip)) + 1)
+        return out_ip
+
+    def patched(self, x: torch.Tensor, context: Optional[FrameContext], hooks: AttentionHooks, site: AttentionSite) -> torch.Tensor:
+        """`forward` with a host's patches (shapes in `unet_call`); x ((b t) n c)."""
+        if context is None:
+            ctx = value = x
+        else:
+            ctx = value = context.per_frame()
+        for patch in hooks.inputs:
+            x, ctx, value = patch(x, ctx, value, site)
+        attend = hooks.replacement(site)
+        if attend is None:
+            heads = self.heads
+            attend = lambda q, k, v, site: split_attention(q, k, v, heads)  # noqa: E731
+        q = self.to_q(x)
+        if context is None:
+            out = attend(q, self.to_k(ctx), self.to_v(value), site)
+        else:
+            n = self.text_tokens
+            out = attend(q, self.to_k(ctx[:, :n]), self.to_v(value[:, :n]), site)
+            if self.image_cross_attention:
+                image = attend(q, self.to_k_ip(ctx[:, n:]), self.to_v_ip(value[:, n:]), site)
+                out = out + self._image_weight(image)
+        out = self.to_out(out)
+        for patch in hooks.outputs:
+            out = patch(out, site)
+        return out
 
 
 class GEGLU(nn.Module):
@@ -150,6 +176,23 @@ class BasicTransformerBlock(nn.Module):
         x = self.attn2(self.norm2(x), context) + x
         return self.ff(self.norm3(x)) + x
 
+    def patched(self, x: torch.Tensor, context: Optional[FrameContext], call: UNetCall, site: AttentionSite) -> torch.Tensor:
+        """`forward` with the call's attention hooks; each attention without hooks runs as unpatched."""
+        hooks = call.hooks
+        if hooks.attn1:
+            site1 = replace(site, which="attn1", heads=self.attn1.heads)
+            x = self.attn1.patched(self.norm1(x), None, hooks.attn1, site1) + x
+        else:
+            x = self.attn1(self.norm1(x)) + x
+        for patch in hooks.middle:
+            x = patch(x, site)
+        if hooks.attn2:
+            site2 = replace(site, which="attn2", heads=self.attn2.heads)
+            x = self.attn2.patched(self.norm2(x), context, hooks.attn2, site2) + x
+        else:
+            x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
 
 class _FrameTransformer(nn.Module):
     """GroupNorm, input/output projections (Linear, or a 1x1 conv of `conv_cls`) around transformer blocks."""
@@ -196,23 +239,33 @@ class SpatialTransformer(_FrameTransformer):
         ]
         super().__init__(channels, inner, use_linear, operations.Conv2d, blocks, **kw)
 
-    def forward(self, x: torch.Tensor, context: FrameContext) -> torch.Tensor:
+    # Spatial transformers before this one in a forward pass (ComfyUI's transformer_index); the UNet sets it.
+    transformer_index = 0
+
+    def forward(self, x: torch.Tensor, call: UNetCall) -> torch.Tensor:
         """x ((b t) c h w)."""
         _, _, h, w = x.shape
         x_in = x
+        site = None
+        if call.hooks.attention:
+            head = self.transformer_blocks[0].attn1
+            site = AttentionSite(call.block, 0, self.transformer_index, "attn1", head.heads, head.dim_head, tuple(x.shape))
         x = group_norm(self.norm, x)
         if not self.use_linear:
             x = self.proj_in(x)
         # Contiguous: a Linear over a permuted view falls back to a batched matmul that copies its
         # weight once per batch entry (the slowest part of a bf16 CPU step).
-        x = rearrange(x, "b c h w -> b (h w) c").contiguous()
+        x = x.flatten(2).transpose(1, 2).contiguous()  # b c h w -> b (h w) c
         if self.use_linear:
             x = self.proj_in(x)
-        for block in self.transformer_blocks:
-            x = block(x, context)
+        for i, block in enumerate(self.transformer_blocks):
+            if site is None:
+                x = block(x, call.context)
+            else:
+                x = block.patched(x, call.context, call, replace(site, index=i))
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
+        x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)  # b (h w) c -> b c h w
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
@@ -242,18 +295,18 @@ class TemporalTransformer(_FrameTransformer):
         b, _, t, h, w = x.shape
         x_in = x
         x = group_norm(self.norm, x)
-        x = rearrange(x, "b c t h w -> (b h w) c t")
+        x = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, -1, t)  # b c t h w -> (b h w) c t
         if not self.use_linear:
             x = self.proj_in(x)
-        x = rearrange(x, "n c t -> n t c").contiguous()  # see SpatialTransformer
+        x = x.transpose(1, 2).contiguous()  # n c t -> n t c; contiguous: see SpatialTransformer
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x)
         if self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "n t c -> n c t")
+        x = x.transpose(1, 2)  # n t c -> n c t
         if not self.use_linear:
             x = self.proj_out(x)
-        x = rearrange(x, "(b h w) c t -> b c t h w", b=b, h=h, w=w)
+        x = x.reshape(b, h, w, -1, t).permute(0, 3, 4, 1, 2)  # (b h w) c t -> b c t h w
         return x + x_in

@@ -13,6 +13,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Layouts of the UNet's hot path as plain reshapes: torch.compile traces einops' pattern parser at
+# every call (229 calls took 50 s of tracing for the tiny UNet on 2 cores), these in no time.
+
+
+def frames_to_batch(x: torch.Tensor) -> torch.Tensor:
+    """b c t h w -> (b t) c h w"""
+    b, c, t, h, w = x.shape
+    return x.transpose(1, 2).reshape(b * t, c, h, w)
+
+
+def batch_to_frames(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """(b t) c h w -> b c t h w"""
+    n, c, h, w = x.shape
+    return x.reshape(batch, n // batch, c, h, w).transpose(1, 2)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """b n (h d) -> b h n d"""
+    b, n, _ = x.shape
+    return x.reshape(b, n, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """b h n d -> b n (h d)"""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
 # Up to this many output positions, a CPU convolution's time goes mostly into reordering its
 # weight into oneDNN's blocked layout (at every call); a matmul over unfolded inputs reads the
 # weight as it is: 3-10x faster for the UNet's deepest levels at small sizes, slower above.

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from einops import rearrange
 from torch import nn
 
-from .attention import FrameContext, SpatialTransformer
-from .ops import Default
-from .unet import Downsample, ResBlock, TimestepEmbedSequential, timestep_embedding
+from .attention import SpatialTransformer
+from .ops import Default, frames_to_batch
+from .unet import Downsample, ResBlock, TimestepEmbedSequential, number_spatial_transformers, timestep_embedding
+from .unet_call import FrameContext, UNetCall
 
 # The hint block's fixed widths in the released encoder (and in every SD ControlNet): three
 # stride-2 convolutions take the sketch from pixel to latent resolution.
@@ -92,11 +92,12 @@ class SketchEncoder(nn.Module):
         self.input_hint_block = nn.Sequential(*hint)
         self.middle_block = TimestepEmbedSequential(ResBlock(ch, emb_dim, **okw), attention(ch), ResBlock(ch, emb_dim, **okw))
         self.middle_block_out = zero_conv(ch)
+        number_spatial_transformers(self.input_blocks, self.middle_block)
 
     def hint_features(self, hint: torch.Tensor) -> torch.Tensor:
         """Sketches (b 1 t H W) in [0, 1] -> ((b t) c h w) features at latent size. They depend on
         neither the timestep nor the context: computed once per run."""
-        return self.input_hint_block(rearrange(hint, "b c t h w -> (b t) c h w"))
+        return self.input_hint_block(frames_to_batch(hint))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, features: torch.Tensor) -> list[torch.Tensor]:
         """x (b c t h w) noisy latent (no concat), timesteps (b,), context (b l d), features from
@@ -107,15 +108,15 @@ class SketchEncoder(nn.Module):
         emb = emb.repeat_interleave(t, dim=0)
         # Every frame cross-attends to the whole context (text and all frames' image tokens) through
         # one key/value projection: the clip's context, shared by its frames.
-        ctx = FrameContext(context.to(dtype).contiguous(), context.new_zeros(0), t)
-        h = rearrange(x, "b c t h w -> (b t) c h w")
+        call = UNetCall(emb, FrameContext(context.to(dtype).contiguous(), context.new_zeros(0), t), b, t)
+        h = frames_to_batch(x)
         outs = []
         for i, (block, zero) in enumerate(zip(self.input_blocks, self.zero_convs)):
-            h = block(h, emb, ctx, b)
+            h = block(h, call.at("input", i))
             if i == 0:
                 h = h + features.to(h)
             outs.append(zero(h))
-        h = self.middle_block(h, emb, ctx, b)
+        h = self.middle_block(h, call.at("middle", 0))
         outs.append(self.middle_block_out(h))
         return outs
 

@@ -8,17 +8,17 @@ The module tree is the checkpoint layout under `model.diffusion_model.`.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import FrameContext, SpatialTransformer, TemporalTransformer
+from .attention import SpatialTransformer, TemporalTransformer
 from .config import UNetConfig
-from .ops import Default, norm_silu
+from .ops import Default, batch_to_frames, frames_to_batch, norm_silu
+from .unet_call import NO_HOOKS, ControlResiduals, FrameContext, UNetCall, UNetHooks
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
@@ -105,9 +105,7 @@ class ResBlock(nn.Module):
         h = self.out_layers[3](norm_silu(self.out_layers[0], h))
         h = self.skip_connection(x) + h
         if self.temporal_conv:
-            h = rearrange(h, "(b t) c h w -> b c t h w", b=batch)
-            h = self.temopral_conv(h)
-            h = rearrange(h, "b c t h w -> (b t) c h w")
+            h = frames_to_batch(self.temopral_conv(batch_to_frames(h, batch)))
         return h
 
 
@@ -130,21 +128,37 @@ class Upsample(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential):
-    """Runs its children, giving each the inputs it takes (emb, context, or frames unfolded)."""
+    """Runs its children, giving each what it takes from the call (emb, context and hooks, or frames unfolded)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: FrameContext, batch: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, call: UNetCall) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb, batch)
+                x = layer(x, call.emb, call.batch)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context)
+                x = layer(x, call)
             elif isinstance(layer, TemporalTransformer):
-                x = rearrange(x, "(b t) c h w -> b c t h w", b=batch)
-                x = layer(x)
-                x = rearrange(x, "b c t h w -> (b t) c h w")
+                x = frames_to_batch(layer(batch_to_frames(x, call.batch)))
             else:
                 x = layer(x)
         return x
+
+
+def number_spatial_transformers(*blocks: nn.Module) -> None:
+    """Give each spatial transformer its place in forward order (ComfyUI's transformer_index)."""
+    spatial = [m for block in blocks for m in block.modules() if isinstance(m, SpatialTransformer)]
+    for i, module in enumerate(spatial):
+        module.transformer_index = i
+
+
+def _add_residual(h: torch.Tensor, residual: Optional[torch.Tensor], where: str) -> torch.Tensor:
+    if residual is None:
+        return h
+    if residual.shape != h.shape:
+        raise ValueError(
+            f"a control residual of shape {tuple(residual.shape)} for {where}, whose features are {tuple(h.shape)}: "
+            "the control network was made for another model"
+        )
+    return h + residual.to(h)
 
 
 class UNetModel(nn.Module):
@@ -233,14 +247,20 @@ class UNetModel(nn.Module):
             nn.SiLU(),
             operations.Conv2d(mc, cfg.out_channels, 3, padding=1, dtype=dtype, device=device),
         )
+        number_spatial_transformers(self.input_blocks, self.middle_block, self.output_blocks)
 
     # Training sets this: each block's activations are recomputed in the backward pass instead of kept.
     gradient_checkpointing = False
 
-    def _block(self, block: nn.Module, h: torch.Tensor, emb: torch.Tensor, context: FrameContext, b: int) -> torch.Tensor:
+    @property
+    def in_channels(self) -> int:
+        """Input channels, the concat condition's included (read by hosts' guidance functions)."""
+        return self.config.in_channels
+
+    def _block(self, block: nn.Module, h: torch.Tensor, call: UNetCall) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, h, emb, context, b, use_reentrant=False)
-        return block(h, emb, context, b)
+            return checkpoint(block, h, call, use_reentrant=False)
+        return block(h, call)
 
     def frame_context(self, context: torch.Tensor, frames: int) -> FrameContext:
         """(b l c) -> text tokens (b 77 c) and image tokens ((b t) q c) per frame.
@@ -251,7 +271,7 @@ class UNetModel(nn.Module):
         cfg = self.config
         text, image = context[:, : cfg.text_tokens].contiguous(), context[:, cfg.text_tokens :]
         if context.shape[1] == cfg.text_tokens + frames * cfg.image_tokens_per_frame:
-            image = rearrange(image, "b (t l) c -> (b t) l c", t=frames)
+            image = image.reshape(image.shape[0] * frames, -1, image.shape[-1])  # b (t l) c -> (b t) l c
         return FrameContext(text, image.contiguous(), frames)
 
     def forward(
@@ -260,12 +280,14 @@ class UNetModel(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor,
         fs: Optional[torch.Tensor] = None,
-        control: Optional[Sequence[torch.Tensor]] = None,
+        control: Union[None, Sequence[torch.Tensor], ControlResiduals] = None,
+        hooks: UNetHooks = NO_HOOKS,
     ) -> torch.Tensor:
         """x (b c t h w) noisy latent + concat condition, timesteps (b,), context (b l c) -> v (b c' t h w).
 
         `control`: residuals ((b t) c h w) added to each skip connection and, the last one, to the
-        middle block's output (sketch guidance, `sketch.SketchEncoder`).
+        middle block's output (sketch guidance, `sketch.SketchEncoder`), or `ControlResiduals`.
+        `hooks`: a host's patch points (`unet_call`).
         """
         b, _, t, _, _ = x.shape
         dtype = x.dtype
@@ -275,22 +297,47 @@ class UNetModel(nn.Module):
                 fs = torch.full((b,), self.config.default_fs, dtype=torch.long, device=x.device)
             emb = emb + self.fps_embedding(timestep_embedding(fs, self.config.model_channels).to(dtype))
         emb = emb.repeat_interleave(t, dim=0)  # ((b t) e)
-        context = self.frame_context(context.to(dtype), t)
+        call = UNetCall(emb, self.frame_context(context.to(dtype), t), b, t, hooks)
+        residuals = self._residuals(control)
 
-        h = rearrange(x, "b c t h w -> (b t) c h w")
+        h = frames_to_batch(x)
         skips = []
         for i, block in enumerate(self.input_blocks):
-            h = self._block(block, h, emb, context, b)
+            block_call = call.at("input", i)
+            h = self._block(block, h, block_call)
             if i == 0 and self.config.addition_attention:
-                h = self._block(self.init_attn, h, emb, context, b)
+                h = self._block(self.init_attn, h, block_call)
+            if i < len(residuals.inputs):
+                h = _add_residual(h, residuals.inputs[i], f"input block {i}")
+            for patch in hooks.input_block:
+                h = patch(h, block_call.block)
             skips.append(h)
-        h = self._block(self.middle_block, h, emb, context, b)
-        if control is not None:
-            if len(control) != len(skips) + 1:
-                raise ValueError(f"{len(control)} control residuals for a UNet with {len(skips)} skip connections + 1")
-            h = h + control[-1].to(h)
-            skips = [s + c.to(s) for s, c in zip(skips, control)]
-        for block in self.output_blocks:
-            h = self._block(block, torch.cat([h, skips.pop()], dim=1), emb, context, b)
+            for patch in hooks.input_block_after_skip:
+                h = patch(h, block_call.block)
+        h = self._block(self.middle_block, h, call.at("middle", 0))
+        h = _add_residual(h, residuals.middle, "the middle block")
+        for i, block in enumerate(self.output_blocks):
+            skip = skips.pop()
+            if len(skips) < len(residuals.skips):
+                skip = _add_residual(skip, residuals.skips[len(skips)], f"skip connection {len(skips)}")
+            for patch in hooks.output_block:
+                h, skip = patch(h, skip, ("output", i))
+            h = self._block(block, torch.cat([h, skip], dim=1), call.at("output", i))
         h = self.out[2](norm_silu(self.out[0], h))
-        return rearrange(h, "(b t) c h w -> b c t h w", b=b)
+        return batch_to_frames(h, b)
+
+    def _residuals(self, control: Union[None, Sequence[torch.Tensor], ControlResiduals]) -> ControlResiduals:
+        if control is None:
+            return ControlResiduals()
+        if not isinstance(control, ControlResiduals):
+            if len(control) != len(self.input_blocks) + 1:
+                raise ValueError(
+                    f"{len(control)} control residuals for a UNet with {len(self.input_blocks)} skip connections + 1"
+                )
+            control = ControlResiduals.from_list(control)
+        if len(control.skips) > len(self.input_blocks) or len(control.inputs) > len(self.input_blocks):
+            raise ValueError(
+                f"control residuals for {max(len(control.skips), len(control.inputs))} blocks; this UNet has "
+                f"{len(self.input_blocks)} input blocks"
+            )
+        return control
