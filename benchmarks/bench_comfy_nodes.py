@@ -7,6 +7,9 @@ random-weight full-size fp16 checkpoint, and reports each node's time and peak V
 `--sampler`: the stock KSampler on the loader's MODEL (with ToonCrafter Guidance Rescale 0.7) instead of
 ToonCrafter Sampler (the original's DDIM, eta 1).
 
+`--easycache T` / `--torch-compile BACKEND` put ComfyUI's EasyCache (reuse threshold T) / TorchCompileModel
+before the stock KSampler (with `--sampler`); the summary counts the UNet passes.
+
 `--budget-gib N` makes ComfyUI believe the card has about N GiB (it reserves the rest through
 `--reserve-vram`), which is how a small card is emulated on a big one.
 """
@@ -42,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", help="a ComfyUI sampler name: sample with the stock KSampler on the native MODEL")
     p.add_argument("--scheduler", default="simple", help="the KSampler's scheduler (with --sampler)")
+    p.add_argument("--easycache", type=float, help="EasyCache's reuse threshold (with --sampler)")
+    p.add_argument("--torch-compile", help="TorchCompileModel's backend (with --sampler), e.g. inductor")
     p.add_argument("--weight-dtype", default="auto")
     p.add_argument("--chunk", type=int, default=0, help="frames_per_chunk of the decode node (0: auto)")
     p.add_argument("--ckpt", help="an existing checkpoint in --ckpt-dir instead of a random full-size one")
@@ -127,8 +132,18 @@ def main(argv=None) -> int:
     pos, neg, latent = run("conditioning", lambda: conditioning.ToonCrafterConditioning.execute(
         model, image("tooncrafter_start.png"), image("tooncrafter_end.png"), "a cartoon ball jumps", "", 10, args.width, args.height,
         "crop", 0).result)
+    passes = []
+    native_model.model.diffusion_model.register_forward_pre_hook(lambda module, inputs: passes.append(1))
     if args.sampler:
         rescaled = native.ToonCrafterGuidanceRescale.execute(native_model, 0.7).result[0]
+        if args.easycache is not None:
+            from comfy_extras.nodes_easycache import EasyCacheNode
+
+            rescaled = EasyCacheNode.execute(rescaled, args.easycache, 0.15, 0.95, False).result[0]
+        if args.torch_compile:
+            from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+            rescaled = TorchCompileModel.execute(rescaled, args.torch_compile).result[0]
 
         def sample():
             return comfy_nodes.KSampler().sample(rescaled, 123, args.steps, 7.5, args.sampler, args.scheduler, pos, neg, latent)
@@ -137,7 +152,9 @@ def main(argv=None) -> int:
             return sampler.ToonCrafterSampler.execute(
                 model, pos, neg, latent, 123, args.steps, 7.5, 1.0, 0.7, "uniform_trailing").result
     run("sample (cold)", sample)
+    passes.clear()
     (samples,) = run("sample (warm)", sample)
+    warm_passes = len(passes)
     (video,) = run("decode", lambda: decoder.ToonCrafterDecode.execute(model, samples, args.chunk, True).result)
     arr = video.cpu().numpy()
     summary = {
@@ -150,6 +167,9 @@ def main(argv=None) -> int:
         "steps": args.steps,
         "sampler": args.sampler or "ToonCrafter Sampler (DDIM, eta 1)",
         "scheduler": args.scheduler if args.sampler else "uniform_trailing",
+        "easycache": args.easycache,
+        "torch_compile": args.torch_compile,
+        "unet_passes_warm": warm_passes,
         "frames": list(arr.shape),
         "finite": bool(np.isfinite(arr).all()),
         "nodes": results,

@@ -101,7 +101,7 @@ def check(out: Path, card: str) -> dict:
     row("ComfyUI nodes, normal mode, peak VRAM", (normal or {}).get("peak_gib"), PEAK_GIB, "GiB",
         lambda: where_nodes_went("normal", normal))
 
-    natives = sorted(out.glob(f"{card}_comfy_native_*.json"))
+    natives = sorted(out.glob(f"{card}_comfy_native_ipndm_*.json"))
     native = json.loads(natives[0].read_text()) if natives else None
     fast_label = f"native KSampler {native['sampler']}/{native['scheduler']} {native['steps']} steps, one clip" if native \
         else "native KSampler fast setting, one clip"

@@ -2,7 +2,8 @@
 # The GPU measurements in one go (about 10 minutes on an H200): 16 frames 320x512, 50 and 25 steps,
 # fp16 and bf16, fp8 weight storage, channels-last, torch.compile, and, with ComfyUI, the nodes
 # normal and with a 6 GiB budget under --lowvram and the native MODEL with the stock KSampler at the
-# fast setting of workflows/tooncrafter_ksampler.json, and one rank-16 LoRA training step (peak memory,
+# fast setting of workflows/tooncrafter_ksampler.json (also with ComfyUI's EasyCache and TorchCompileModel),
+# and one rank-16 LoRA training step (peak memory,
 # s/step, with and without gradient checkpointing). Each run writes its JSON to $OUT (or
 # benchmarks/results/) named after the card; check_targets.py then prints the targets met or missed and,
 # for a miss, where the time or memory went (per-phase peaks, the profiled step's top operators).
@@ -88,6 +89,11 @@ if [ -n "$comfy" ]; then
     nodes_run comfy_normal
     nodes_run comfy_6gib_lowvram --budget-gib 6 --lowvram
     nodes_run comfy_native_ipndm_beta_${fast_steps} --sampler ipndm --scheduler beta --steps "$fast_steps"
+    nodes_run comfy_native_easycache --sampler ipndm --scheduler beta --steps 25 --easycache 0.1
+    if [ "$mode" != "eager" ]; then
+        nodes_run comfy_native_torch_compile --sampler ipndm --scheduler beta --steps 25 \
+            --torch-compile "$([ "$mode" = dry-run ] && echo eager || echo inductor)"
+    fi
 fi
 ls -l "$out"
 echo "=== targets"

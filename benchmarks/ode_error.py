@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = REPO.parent / "shared" / "reference" / "tiny-4f-64x64"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 log = logging.getLogger("ode_error")
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--comfy", type=Path, required=True, help="ComfyUI source tree")
     p.add_argument("--model", choices=("tiny", "full"), default="tiny")
-    p.add_argument("--tiny", type=Path, default=REPO.parent / "shared" / "reference" / "tiny-4f-64x64",
+    p.add_argument("--tiny", type=Path, default=TINY,
                    help="the tiny fixture (model.safetensors, config.yaml, TC-Tiny.json)")
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     p.add_argument("--schedulers", nargs="+", default=list(SCHEDULERS))
@@ -77,7 +78,8 @@ def import_comfy(path: Path):
 
 
 def tiny_setup(fixture: Path):
-    """The tiny fixture through the pack's loader and Conditioning node, with the example keyframes."""
+    """The tiny fixture through the pack's loader and Conditioning node, with the example keyframes:
+    (MODEL, positive, negative, latents, (the loaded model, the LATENT with the keyframes' features))."""
     import folder_paths
 
     from tc_pack.nodes import managed_model
@@ -92,7 +94,7 @@ def tiny_setup(fixture: Path):
     keys = REPO / "workflows" / "keyframes"
     start, end = (frames.load_image(keys / f"tooncrafter_{n}.png").movedim(1, -1) for n in ("start", "end"))
     positive, negative, latent = condition(handle, start, end, "a cheerful ball jumps and waves", "", 10, 64, 64, "crop", 0)
-    return handle.unet, positive, negative, latent["samples"]
+    return handle.unet, positive, negative, latent["samples"], (handle, latent)
 
 
 def full_setup(seed: int):
@@ -178,7 +180,7 @@ def main(argv=None) -> int:
     from tc_pack.nodes import native_model
     from tc_pack.tooncrafter_core.sampling import ddim_timesteps
 
-    patcher, positive, negative, latent = tiny_setup(args.tiny) if args.model == "tiny" else full_setup(args.seed)
+    patcher, positive, negative, latent = (tiny_setup(args.tiny)[:4] if args.model == "tiny" else full_setup(args.seed))
     runner = Runner(patcher, positive, negative, latent, args.seed, args.cfg, args.guidance_rescale)
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     settings = {"model": args.model, "seed": args.seed, "cfg": args.cfg, "guidance_rescale": args.guidance_rescale,

@@ -62,12 +62,17 @@ def test_gpu_check_runs_every_command_on_the_cpu_in_its_dry_run(tmp_path):
                           timeout=900, env=env)
     assert proc.returncode == 0 and "failed runs: 0" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     names = {"steps50", "steps25", "fp8_e4m3fn", "channels_last", "comfy_normal", "comfy_6gib_lowvram",
-             "comfy_native_ipndm_beta_4", "train_step"}
+             "comfy_native_ipndm_beta_4", "comfy_native_easycache", "comfy_native_torch_compile", "train_step"}
     for name in names:
         report = json.loads((tmp_path / f"dryrun_cpu_{name}.json").read_text())
         assert report, name
     native = json.loads((tmp_path / "dryrun_cpu_comfy_native_ipndm_beta_4.json").read_text())
     assert native["sampler"] == "ipndm" and native["scheduler"] == "beta" and native["steps"] == 4 and native["finite"]
+    assert native["unet_passes_warm"] == 4
+    cached = json.loads((tmp_path / "dryrun_cpu_comfy_native_easycache.json").read_text())
+    compiled = json.loads((tmp_path / "dryrun_cpu_comfy_native_torch_compile.json").read_text())
+    assert cached["easycache"] == 0.1 and 0 < cached["unet_passes_warm"] <= 25 and cached["finite"]
+    assert compiled["torch_compile"] == "eager" and compiled["finite"]
     profile = json.loads((tmp_path / "dryrun_cpu_steps50.json").read_text())["results"]["fp32"]["profile"]
     shares = [o["share"] for o in profile["top_ops"]]
     assert profile["flops_per_step"] > 0 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6

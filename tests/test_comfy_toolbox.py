@@ -99,6 +99,8 @@ def test_context_windows_sample_window_sized_batches(matrix):
     assert set(full) == {2 * frames}
     assert set(seen) == {frames} and len(seen) > len(full), windows
     assert windows["finite"] and windows["windowed_vs_full"] > CHANGED, windows
+    # Sketch guidance under the windows: the encoder gets each window's frames, and the sketches steer.
+    assert set(windows["sketch_frames_seen"]) == {frames} and windows["sketched_vs_windowed"] > CHANGED, windows
 
 
 def test_context_windows_over_another_axis_are_refused(matrix):
@@ -109,3 +111,10 @@ def test_context_windows_over_another_axis_are_refused(matrix):
 def test_merging_a_model_of_another_family_is_refused(matrix):
     message = matrix["other_family_merge"]
     assert message.startswith("InputError") and "not a ToonCrafter model" in message, message
+
+
+def test_docs_show_the_matrix():
+    from helpers import REPO
+    from toolbox_cases import markdown_table
+
+    assert markdown_table() in (REPO / "docs" / "native-model.md").read_text()

@@ -35,9 +35,10 @@ def _family_merge(first: str) -> Case:
 CASES: dict[str, Case] = {
     "APG": Case(APPLIES, "projects the guidance of each clip (5-D, per batch entry)", {"eta": 0.0}),
     "CFGNorm": Case(APPLIES, "normalises the guided prediction per clip", {"strength": 1.0}),
-    "CFGZeroStar": Case(APPLIES, "per clip"),
+    "CFGZeroStar": Case(APPLIES, "its optimised guidance scale per clip"),
     "ChromaRadianceOptions": Case(
-        REFUSED, "options of Chroma Radiance's NeRF decoder", {"nerf_tile_size": 16}, message="Chroma Radiance"
+        REFUSED, "options of Chroma Radiance's decoder (with its default, no options, it returns the model as it is)",
+        {"nerf_tile_size": 16}, message="Chroma Radiance",
     ),
     "ContextWindowsManual": Case(
         APPLIES, "dim 2 (the frames); the UNet samples overlapping windows (see Context windows below); other dims are refused",
@@ -48,7 +49,7 @@ CASES: dict[str, Case] = {
         APPLIES, "skips UNet passes (it sees the noisy latent without the keyframe channels); see Step caches below",
         {"reuse_threshold": 1.0, "start_percent": 0.0, "end_percent": 1.0}, sampler={"steps": 10},
     ),
-    "Epsilon Scaling": Case(APPLIES, "per clip", {"scaling_factor": 1.5}),
+    "Epsilon Scaling": Case(APPLIES, "scales the predicted noise per clip", {"scaling_factor": 1.5}),
     "FreSca": Case(APPLIES, "filters each frame's latent (FFT over height and width)", {"scale_high": 2.0, "freq_cutoff": 1}),
     "FreeU": Case(APPLIES, "on the output blocks of model_channels x2 and x4 (frames in the batch); equals the formula", {"b2": 1.5, "s2": 0.5}),
     "FreeU_V2": Case(APPLIES, "as FreeU; equals the formula", {"b2": 1.5, "s2": 0.5}),
@@ -66,7 +67,7 @@ CASES: dict[str, Case] = {
     "LoraLoader": Case(APPLIES, "kohya / PEFT / ComfyUI-named ToonCrafter LoRAs; CLIP passes through", needs=("lora", "clip")),
     "LoraLoaderModelOnly": Case(APPLIES, "as LoraLoader", needs=("lora",)),
     "LoraModelLoader": Case(APPLIES, "a LORA_MODEL (state dict) of ToonCrafter LoRA keys", needs=("lora_model",)),
-    "Mahiro": Case(APPLIES, "per clip"),
+    "Mahiro": Case(APPLIES, "its guidance per clip"),
     "ModelComputeDtype": Case(APPLIES, "the UNet computes in the chosen dtype", {"dtype": "bf16"}),
     "ModelMergeAdd": Case(APPLIES, "ToonCrafter models only: another family's weights are refused by shape", needs=_MERGE),
     "ModelMergeAuraflow": _family_merge("init_x_linear."),
@@ -95,17 +96,23 @@ CASES: dict[str, Case] = {
     "ModelSamplingLTXV": Case(REFUSED, _SAMPLING_NOTE, needs=("latent",), message=_SAMPLING),
     "ModelSamplingSD3": Case(REFUSED, _SAMPLING_NOTE, message=_SAMPLING),
     "ModelSamplingStableCascade": Case(REFUSED, _SAMPLING_NOTE, message=_SAMPLING),
-    "PatchModelAddDownscale": Case(APPLIES, "input block N's output downscaled, upscaled back before the output blocks", {"block_number": 1, "end_percent": 0.7}),
+    "PatchModelAddDownscale": Case(
+        APPLIES, "input block N's output downscaled (each frame), upscaled back before the output blocks",
+        {"block_number": 1, "end_percent": 0.7},
+    ),
     "PerpNeg": Case(APPLIES, "empty_conditioning from ToonCrafter Conditioning (it needs the keyframes)", needs=("empty_conditioning",)),
     "PerturbedAttentionGuidance": Case(APPLIES, "perturbs the middle block's spatial self-attention", {"scale": 3.0}),
-    "QwenImageDiffsynthControlnet": Case(REFUSED, "patches Qwen-Image's double blocks", needs=("model_patch", "vae", "image"), message="double_block"),
-    "RenormCFG": Case(APPLIES, "renormalises per clip", {"renorm_cfg": 0.5}),
+    "QwenImageDiffsynthControlnet": Case(
+        REFUSED, "patches Qwen-Image's double blocks; ToonCrafter takes SD 2.x ControlNets (ControlNetApplyAdvanced)",
+        needs=("model_patch", "vae", "image"), message="double_block",
+    ),
+    "RenormCFG": Case(APPLIES, "caps the guided prediction's norm per clip", {"renorm_cfg": 0.5}),
     "RescaleCFG": Case(APPLIES, "rescales x0 predictions of a plain VP model (9 % from the original's rescale; use ToonCrafter Guidance Rescale)"),
     "SelfAttentionGuidance": Case(APPLIES, "blurs each frame where the middle block's self-attention looks (frames as a batch of images, one clip at a time)", {"scale": 1.0}),
-    "SkipLayerGuidanceDiT": Case(REFUSED, "skips DiT layers", message="DiT layers"),
-    "SkipLayerGuidanceDiTSimple": Case(REFUSED, "skips DiT layers", message="DiT layers"),
-    "SkipLayerGuidanceSD3": Case(REFUSED, "skips SD3's DiT layers", message="DiT layers"),
-    "TCFG": Case(APPLIES, "per clip"),
+    "SkipLayerGuidanceDiT": Case(REFUSED, "skips DiT layers; PerturbedAttentionGuidance is the UNet's layer guidance", message="DiT layers"),
+    "SkipLayerGuidanceDiTSimple": Case(REFUSED, "as SkipLayerGuidanceDiT", message="DiT layers"),
+    "SkipLayerGuidanceSD3": Case(REFUSED, "as SkipLayerGuidanceDiT", message="DiT layers"),
+    "TCFG": Case(APPLIES, "its tangential damping per clip"),
     "TomePatchModel": Case(APPLIES, "merges each frame's tokens in the full-resolution self-attention", {"ratio": 0.5}),
     "TorchCompileModel": Case(APPLIES, "compiles the core UNet (see torch.compile below)", {"backend": "eager"}),
     "TrainLoraNode": Case(
@@ -130,3 +137,12 @@ CASES: dict[str, Case] = {
     ),
     "ToonCrafterGuidanceRescale": Case(APPLIES, "the original's guidance rescale", {"multiplier": 0.7}),
 }
+
+
+def markdown_table() -> str:
+    """The table docs/native-model.md shows (a test keeps the two equal)."""
+    rows = ["| node | on ToonCrafter | what it does here, or why not |", "|---|---|---|"]
+    for name in sorted(CASES, key=str.lower):
+        case = CASES[name]
+        rows.append(f"| `{name}` | {case.kind} | {case.note} |")
+    return "\n".join(rows)

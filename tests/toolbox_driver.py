@@ -61,6 +61,7 @@ class Fixture:
         from tc_pack.nodes.loader import LoadToonCrafterModel
 
         self.handle = handle
+        self.folder = folder
         g = torch.Generator().manual_seed(0)
         start, end = torch.rand(1, 64, 64, 3, generator=g), torch.rand(1, 64, 64, 3, generator=g)
         self.start, self.end = start, end
@@ -319,6 +320,24 @@ def context_windows(fx: Fixture, handle) -> dict:
         window_frames = list(seen)
     finally:
         hook.remove()
+    # Sketch guidance under the same windows: the sketch encoder sees each window's frames.
+    import folder_paths
+    from helpers import TINY_SKETCH_ENCODER, tiny_sketch_encoder
+    from tc_pack.nodes.sketch import LoadToonCrafterSketchEncoder, ToonCrafterApplySketch
+
+    controlnets = fx.folder / "controlnet"
+    tiny_sketch_encoder(controlnets / TINY_SKETCH_ENCODER)
+    folder_paths.add_model_folder_path("controlnet", str(controlnets), is_default=True)
+    (encoder,) = LoadToonCrafterSketchEncoder.execute(TINY_SKETCH_ENCODER).result
+    drawn = torch.ones(1, 64, 64, 3)
+    drawn[:, 20:24] = 0.0  # one horizontal line on frame 5
+    spos, sneg = ToonCrafterApplySketch.execute(pos, neg, lat, encoder, drawn, str(frames + 1), 1.0, "crop").result
+    sketch_frames = []
+    hook = encoder.model.register_forward_pre_hook(lambda m, args: sketch_frames.append(args[0].shape[2]))
+    try:
+        sketched = fx.sample(windowed_model, latent=lat, positive=spos, negative=sneg)
+    finally:
+        hook.remove()
     try:
         (wrong_dim,) = run_node("ContextWindowsManual", model=handle.unet, context_length=frames, context_overlap=1, dim=0)
         fx.sample(wrong_dim, latent=lat, positive=pos, negative=neg)
@@ -332,6 +351,7 @@ def context_windows(fx: Fixture, handle) -> dict:
         "ends_windowed_vs_full": relative(windowed[:, :, ends], full[:, :, ends]),
         "middle_windowed_vs_full": relative(windowed[:, :, frames // 2 : -frames // 2], full[:, :, frames // 2 : -frames // 2]),
         "finite": bool(torch.isfinite(windowed).all()), "wrong_dim": wrong,
+        "sketch_frames_seen": sketch_frames, "sketched_vs_windowed": relative(sketched, windowed),
     }
 
 
