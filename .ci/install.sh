@@ -22,7 +22,7 @@ grep -viE '^[[:space:]]*(torch|torchvision|torchaudio)[[:space:]]*([<>=!~;#[]|$)
     -r "$repo/requirements.txt" \
     -r "$tmp/comfyui-requirements.txt" \
     requests pytest playwright "import-linter>=2.17" \
-    "scikit-image>=0.22" "lpips>=0.1.4" "ray[default]>=2.9" "peft>=0.13"
+    "scikit-image>=0.22" "lpips>=0.1.4" "ray[default]>=2.9" "peft>=0.13" "color-matcher>=0.5"
 
 if [ ! -x /usr/bin/chromium ]; then
     sudo=()

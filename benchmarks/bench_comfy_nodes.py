@@ -97,9 +97,9 @@ def main(argv=None) -> int:
     pack = importlib.util.module_from_spec(spec)
     sys.modules["tc_pack"] = pack
     spec.loader.exec_module(pack)
-    import nodes as comfy_nodes
-
     from tc_pack.nodes import conditioning, decoder, loader, native, sampler
+
+    import nodes as comfy_nodes
 
     ckpt = args.ckpt or make_checkpoint(args.ckpt_dir)
     folder_paths.add_model_folder_path("tooncrafter", str(args.ckpt_dir), is_default=True)

@@ -53,22 +53,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from check_targets import op_lines  # noqa: E402
+
 from tooncrafter_core import frames as tc_frames  # noqa: E402
+from tooncrafter_core.conditioning import contexts  # noqa: E402
+from tooncrafter_core.decoding import decode  # noqa: E402
+from tooncrafter_core.guidance import Conditioning, sample  # noqa: E402
+from tooncrafter_core.keyframes import encode_keyframes, initial_latents  # noqa: E402
 from tooncrafter_core.models import encoders as tc_encoders  # noqa: E402
 from tooncrafter_core.models.config import ModelConfig, from_original_yaml  # noqa: E402
 from tooncrafter_core.models.init import normal_init_  # noqa: E402
 from tooncrafter_core.models.ops import CastWeights  # noqa: E402
 from tooncrafter_core.models.tooncrafter import ToonCrafter  # noqa: E402
-from tooncrafter_core.pipeline import (  # noqa: E402
-    Conditioning,
-    clear_negative_context,
-    contexts,
-    decode,
-    encode_keyframes,
-    initial_latents,
-    interpolate,
-    sample,
-)
+from tooncrafter_core.pipeline import interpolate  # noqa: E402
 from tooncrafter_core.runtime import prepare  # noqa: E402
 from tooncrafter_core.settings import RuntimeOptions, SamplingConfig  # noqa: E402
 from tooncrafter_core.weights.checkpoint import FP8_DTYPES, UNET_PREFIX, WEIGHT_DTYPES, unet_matrix_keys  # noqa: E402
@@ -245,7 +241,7 @@ def timed_interpolate(model, start, end, args, sampling, options, dev, gen_seed)
             last_x["x"] = x
 
     generator = make_generator(args.generator, dev, gen_seed)
-    clear_negative_context(model)  # every measured run pays for it, as a one-clip run (and the original) does
+    model.negative_contexts.clear()  # every measured run pays for it, as a one-clip run (and the original) does
     sync(dev)
     t0 = time.perf_counter()
     m0 = clock.mark()
@@ -299,7 +295,7 @@ def phased_run(model, start, end, args, sampling, options, dev, step_ms: Optiona
         return res
 
     generator = make_generator(args.generator, dev, args.seed)
-    clear_negative_context(model)  # every measured run pays for it, as a one-clip run (and the original) does
+    model.negative_contexts.clear()  # every measured run pays for it, as a one-clip run (and the original) does
     with torch.inference_mode():
         s = start.to(dev, torch.float32)
         e = end.to(dev, torch.float32)

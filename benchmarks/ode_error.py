@@ -81,7 +81,6 @@ def tiny_setup(fixture: Path):
     """The tiny fixture through the pack's loader and Conditioning node, with the example keyframes:
     (MODEL, positive, negative, latents, (the loaded model, the LATENT with the keyframes' features))."""
     import folder_paths
-
     from tc_pack.nodes import managed_model
     from tc_pack.nodes.conditioning import condition
     from tc_pack.tooncrafter_core import frames
@@ -101,13 +100,12 @@ def full_setup(seed: int):
     """The released UNet with random weights, random contexts and keyframe posterior, 16 frames 64x64."""
     import comfy.model_management as mm
     from bench_interpolate import init_random_
-
     from tc_pack.nodes import native_model
     from tc_pack.nodes.types import FS_KEY, POSTERIOR_KEY
+    from tc_pack.tooncrafter_core.keyframes import KeyframeEncoding
     from tc_pack.tooncrafter_core.models.config import ModelConfig
     from tc_pack.tooncrafter_core.models.schedule import Schedule
     from tc_pack.tooncrafter_core.models.unet import UNetModel
-    from tc_pack.tooncrafter_core.pipeline import KeyframeEncoding
 
     config = ModelConfig()
     with torch.device("meta"):
@@ -133,7 +131,6 @@ class Runner:
 
     def __init__(self, patcher, positive, negative, latent, seed, cfg, rescale):
         import comfy.sample
-
         from tc_pack.nodes import native_model
 
         self.model = native_model.with_guidance_rescale(patcher, rescale)
@@ -176,7 +173,6 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import_comfy(args.comfy)
     import comfy.samplers
-
     from tc_pack.nodes import native_model
     from tc_pack.tooncrafter_core.sampling import ddim_timesteps
 

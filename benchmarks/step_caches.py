@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import_comfy(args.comfy)
-    import nodes as comfy_nodes
     from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+
+    import nodes as comfy_nodes
 
     if args.model == "tiny":
         model, pos, neg, samples, (handle, lat) = tiny_setup(args.tiny)

@@ -1,6 +1,7 @@
 """The ToonCrafter node pack: thin ComfyUI nodes over tooncrafter_core."""
 
-from .conditioning import ToonCrafterConditioning
+from .colorize import LoadToonCrafterLineArt, ToonCrafterColorize
+from .conditioning import DynamiCrafterImageConditioning, ToonCrafterConditioning
 from .decoder import ToonCrafterDecode
 from .loader import LoadToonCrafterModel
 from .lora import LoadToonCrafterLora
@@ -13,5 +14,6 @@ from .training import ToonCrafterTrainLora
 NODES = [
     LoadToonCrafterModel, LoadToonCrafterLora, ToonCrafterConditioning, ToonCrafterSampler, ToonCrafterDecode, ToonCrafterSequence,
     LoadToonCrafterSketchEncoder, ToonCrafterApplySketch, ToonCrafterImageConditioning, ToonCrafterDDIM, ToonCrafterSigmas,
-    ToonCrafterGuidanceRescale, ToonCrafterTrainLora,
+    ToonCrafterGuidanceRescale, ToonCrafterTrainLora, DynamiCrafterImageConditioning, LoadToonCrafterLineArt,
+    ToonCrafterColorize,
 ]

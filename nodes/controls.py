@@ -13,7 +13,7 @@ import comfy.model_patcher
 import torch
 from einops import rearrange
 
-from ..tooncrafter_core import pipeline, sketches
+from ..tooncrafter_core import errors, guidance, sketches
 from ..tooncrafter_core.models.sketch_encoder import SketchEncoder, controls
 from ..tooncrafter_core.models.unet_call import ControlResiduals
 from ..tooncrafter_core.noise_levels import NoiseLevels
@@ -52,7 +52,7 @@ class SketchControl(comfy.controlnet.ControlBase):
             # features a run, a context window takes its frames' rows.
             self.features = net.hint_features(self.hint.to(x_noisy.device, self.dtype))
         frames = window_frames(transformer_options, self.hint.shape[2])
-        pipeline.check_sketch(self.hint[:, :, frames], x_noisy)
+        guidance.check_sketch(self.hint[:, :, frames], x_noisy)
         c = self.levels.coefficients(t)
         x_t = self.levels.model_input(t, x_noisy.float(), c).to(self.dtype)
         features = self.features[frames].repeat(x_noisy.shape[0], 1, 1, 1)  # ((b t) c h w), the same sketches for every entry
@@ -105,7 +105,7 @@ class FramesControl(comfy.controlnet.ControlBase):
             return
         chosen = window_frames(transformer_options, frames)
         if (window is None and k != frames) or max(chosen) >= k:
-            raise pipeline.InputError(
+            raise errors.InputError(
                 f"the ControlNet's image has {k} frames for a clip of {frames if window is None else 'more'} frames: "
                 "give one image (it steers every frame) or one per frame"
             )
@@ -133,7 +133,7 @@ class FramesControl(comfy.controlnet.ControlBase):
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as e:
-            raise pipeline.InputError(
+            raise errors.InputError(
                 f"this ControlNet does not fit ToonCrafter ({e}); ToonCrafter takes SD 2.x ControlNets (OpenCLIP "
                 "ViT-H, 1024-wide text context, 320/640/1280 channels) such as its sketch encoder"
             ) from None
@@ -189,7 +189,7 @@ def control_residuals(control: Optional[dict], input_blocks: int) -> Optional[Co
     outputs = list(control.get("output") or [])
     inputs = list(control.get("input") or [])
     if len(outputs) > input_blocks or len(inputs) > input_blocks:
-        raise pipeline.InputError(
+        raise errors.InputError(
             f"the control network gives {max(len(outputs), len(inputs))} residuals for a UNet with {input_blocks} "
             "blocks: it was made for another model"
         )

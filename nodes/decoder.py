@@ -2,8 +2,8 @@
 
 from comfy_api.latest import io
 
+from ..tooncrafter_core.errors import InputError
 from ..tooncrafter_core.models.config import DECODE_OVERLAP
-from ..tooncrafter_core.pipeline import InputError
 from . import managed_model as tc_model
 from .types import CATEGORY, KEYFRAMES_KEY, ToonCrafterModelType
 

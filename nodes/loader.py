@@ -1,4 +1,4 @@
-"""Load ToonCrafter Model."""
+"""Load ToonCrafter Model: any checkpoint of the family (ToonCrafter, DynamiCrafter)."""
 
 from comfy_api.latest import io
 
@@ -8,7 +8,7 @@ from .types import CATEGORY, ToonCrafterModelType
 
 
 def _released_table() -> str:
-    return "; ".join(f"{f.name} ({f.size}, {f.repo_id}): {f.note}" for f in catalog.RELEASED)
+    return "; ".join(f"{f.name} ({f.size}, {f.repo_id}): {f.note}" for f in catalog.FAMILY)
 
 
 class LoadToonCrafterModel(io.ComfyNode):
@@ -18,7 +18,9 @@ class LoadToonCrafterModel(io.ComfyNode):
             node_id="ToonCrafterModelLoader",
             display_name="Load ToonCrafter Model",
             category=CATEGORY,
-            description="Loads a ToonCrafter checkpoint from models/tooncrafter (downloading a known release on first use).",
+            description="Loads a ToonCrafter or DynamiCrafter checkpoint from models/tooncrafter (downloading a known "
+            "release on first use). Interpolation models (ToonCrafter, DynamiCrafter 512 interp) go to ToonCrafter "
+            "Conditioning, image-to-video models (DynamiCrafter 256/512/1024) to DynamiCrafter Image Conditioning.",
             inputs=[
                 io.Combo.Input(
                     "ckpt_name",
@@ -36,6 +38,14 @@ class LoadToonCrafterModel(io.ComfyNode):
                     "in 8 bits (2.9 GB -> 1.4 GB, less exact; e4m3fn is the closer of the two) and compute in "
                     "fp16/bf16 (fp32 on the CPU), the rest as in the file. Computation precision follows "
                     "ComfyUI's device settings.",
+                ),
+                io.Combo.Input(
+                    "vae_dtype",
+                    options=list(tc_model.VAE_DTYPES),
+                    default="auto",
+                    optional=True,
+                    tooltip="Precision the VAE encodes and decodes in, apart from the UNet's: auto lets ComfyUI pick "
+                    "(bf16 where the device has it, else fp32); fp32 is the most exact, bf16/fp16 half its memory",
                 ),
                 io.Boolean.Input(
                     "compile",
@@ -64,12 +74,12 @@ class LoadToonCrafterModel(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, ckpt_name, weight_dtype, compile=False):
+    def validate_inputs(cls, ckpt_name, weight_dtype, vae_dtype="auto", compile=False):
         if ckpt_name not in tc_model.checkpoint_choices():
             return f"checkpoint {ckpt_name!r} is neither in models/tooncrafter nor a known release; pick one from the list"
         return True
 
     @classmethod
-    def execute(cls, ckpt_name, weight_dtype, compile=False) -> io.NodeOutput:
-        handle = tc_model.load(ckpt_name, weight_dtype, compile)
+    def execute(cls, ckpt_name, weight_dtype, vae_dtype="auto", compile=False) -> io.NodeOutput:
+        handle = tc_model.load(ckpt_name, weight_dtype, compile, vae_dtype)
         return io.NodeOutput(handle, handle.unet, handle.clip)

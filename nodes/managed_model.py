@@ -22,7 +22,8 @@ import torch
 from comfy.weight_adapter import LoRAAdapter
 from torch import nn
 
-from ..tooncrafter_core import frames, pipeline, sketches
+from ..tooncrafter_core import conditioning, decoding, errors, frames, keyframes, sketches
+from ..tooncrafter_core.models import encoders
 from ..tooncrafter_core.models.config import DECODE_OVERLAP, ModelConfig
 from ..tooncrafter_core.models.schedule import Schedule
 from ..tooncrafter_core.models.sketch_encoder import HINT_DOWNSAMPLE
@@ -58,13 +59,16 @@ EXAMPLE_KEYFRAMES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def install_example_keyframes() -> None:
-    """Copy the example workflows' keyframes into ComfyUI's input folder so LoadImage finds them."""
+    """Copy the example workflows' keyframes (and the colorize workflow's line-art folder) into ComfyUI's
+    input folder so LoadImage and ToonCrafter Load Line Art find them; files already there are kept."""
     target = folder_paths.get_input_directory()
-    for name in sorted(os.listdir(EXAMPLE_KEYFRAMES)):
-        dst = os.path.join(target, name)
-        if name.endswith(".png") and not os.path.exists(dst):
-            os.makedirs(target, exist_ok=True)
-            shutil.copyfile(os.path.join(EXAMPLE_KEYFRAMES, name), dst)
+    for folder, _, names in os.walk(EXAMPLE_KEYFRAMES):
+        out = os.path.join(target, os.path.relpath(folder, EXAMPLE_KEYFRAMES))
+        for name in sorted(names):
+            dst = os.path.join(out, name)
+            if name.endswith(".png") and not os.path.exists(dst):
+                os.makedirs(out, exist_ok=True)
+                shutil.copyfile(os.path.join(folder, name), dst)
 
 
 def _choices(folder: str, released) -> list[str]:
@@ -88,13 +92,13 @@ def _resolve(folder: str, name: str, released, what: str) -> str:
 
 
 def checkpoint_choices() -> list[str]:
-    """Files in the tooncrafter folders, then the released files not downloaded yet."""
-    return _choices(FOLDER, catalog.RELEASED)
+    """Files in the tooncrafter folders, then the family's released files not downloaded yet."""
+    return _choices(FOLDER, catalog.FAMILY)
 
 
 def resolve_checkpoint(name: str) -> str:
     """Path of a checkpoint choice; a known release that is missing is downloaded first."""
-    return _resolve(FOLDER, name, catalog.RELEASED, "checkpoint")
+    return _resolve(FOLDER, name, catalog.FAMILY, "checkpoint")
 
 
 def _comfy_tqdm():
@@ -148,7 +152,11 @@ def _patcher(module: nn.Module, load_device, offload_device) -> comfy.model_patc
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device)
 
 
-def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCrafterModel:
+# The VAE's compute dtype by name; auto lets ComfyUI pick (bf16 where the device has it, else fp32).
+VAE_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load(name: str, weight_dtype: str = "auto", compile: bool = False, vae_dtype: str = "auto") -> ToonCrafterModel:
     path = resolve_checkpoint(name)
     dtype = WEIGHT_DTYPES[weight_dtype]
     if dtype in FP8_DTYPES:
@@ -195,13 +203,14 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
         text=clip.patcher if clip is not None else None,
         vision=_patcher(model.embedder, enc_device, mm.text_encoder_offload_device()) if model.embedder else None,
         unet_dtype=unet_dtype,
-        vae_dtype=mm.vae_dtype(vae_device, [torch.bfloat16, torch.float32]),
+        vae_dtype=VAE_DTYPES[vae_dtype] or mm.vae_dtype(vae_device, [torch.bfloat16, torch.float32]),
         encoder_dtype=encoder_dtype,
         clip=clip,
     )
     log.info(
-        "ToonCrafter %s loaded: weights %s, UNet compute %s on %s, encoders %s",
+        "%s (%s) loaded: weights %s, UNet compute %s on %s, encoders %s",
         name,
+        model.config.kind_name,
         stored,
         unet_dtype,
         unet_device,
@@ -212,10 +221,15 @@ def load(name: str, weight_dtype: str = "auto", compile: bool = False) -> ToonCr
 
 def rgb(images: torch.Tensor, name: str) -> torch.Tensor:
     """IMAGE (b H W c) -> (b 3 H W): alpha dropped, one gray channel repeated; `name` is the input's."""
+    return pixels(images, name)[:, :3]
+
+
+def pixels(images: torch.Tensor, name: str) -> torch.Tensor:
+    """IMAGE (b H W c) -> (b 3 H W), or (b 4 H W) where it has alpha; one gray channel repeated."""
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise pipeline.InputError(f"{name} must be an IMAGE batch (batch, height, width, 1/3/4 channels), got {tuple(images.shape)}")
+        raise errors.InputError(f"{name} must be an IMAGE batch (batch, height, width, 1/3/4 channels), got {tuple(images.shape)}")
     images = images.movedim(-1, 1)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,28 +244,28 @@ def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> tor
     """(n 77 d) from our OpenCLIP text tower, or from a ComfyUI CLIP (SD 2.x / OpenCLIP ViT-H)."""
     if clip is not None:
         hidden = torch.cat([clip.encode_from_tokens(clip.tokenize(p)) for p in prompts])
-        return _out(pipeline.external_text_context(hidden, handle.config))
+        return _out(conditioning.external_text_context(hidden, handle.config))
     if handle.text is None:
-        raise pipeline.InputError(
+        raise errors.InputError(
             f"{handle.name} has no text encoder (pruned file): connect a CLIP (CLIPLoader with an SD 2.x / "
             "OpenCLIP ViT-H text encoder, type stable_diffusion) to the clip input"
         )
     mm.load_models_gpu([handle.text])
     with torch.inference_mode():
-        ctx = pipeline.encode_prompts(handle.text_encoder, prompts, handle.text.load_device, handle.encoder_dtype)
+        ctx = conditioning.encode_prompts(handle.text_encoder, prompts, handle.text.load_device, handle.encoder_dtype)
     return _out(ctx)
 
 
 def conditioning_text(handle: ToonCrafterModel, conditioning: list, name: str, batch: int) -> tuple[torch.Tensor, dict]:
     """A CLIPTextEncode CONDITIONING (one entry, OpenCLIP ViT-H) -> ((batch 77 d) text context, its options)."""
     if not conditioning:
-        raise pipeline.InputError(f"{name} is empty: connect a CLIPTextEncode with the OpenCLIP ViT-H text encoder")
+        raise errors.InputError(f"{name} is empty: connect a CLIPTextEncode with the OpenCLIP ViT-H text encoder")
     if len(conditioning) > 1:
-        raise pipeline.InputError(f"{name} holds {len(conditioning)} conditionings; ToonCrafter takes one (no combine/concat)")
+        raise errors.InputError(f"{name} holds {len(conditioning)} conditionings; ToonCrafter takes one (no combine/concat)")
     hidden, options = conditioning[0]
-    context = pipeline.external_text_context(hidden, handle.config)
+    context = conditioning.external_text_context(hidden, handle.config)
     if context.shape[0] not in (1, batch):
-        raise pipeline.InputError(f"{name} has a batch of {context.shape[0]} prompts for {batch} keyframe pairs")
+        raise errors.InputError(f"{name} has a batch of {context.shape[0]} prompts for {batch} keyframe pairs")
     return _out(context.expand(batch, -1, -1)), {k: v for k, v in options.items() if k != "pooled_output"}
 
 
@@ -259,7 +273,7 @@ def _vision_tokens(handle: ToonCrafterModel, pixels: torch.Tensor, clip_vision=N
     if clip_vision is not None:
         mm.load_models_gpu([clip_vision.patcher])
         tokens = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device), intermediate_output=-2)[0]
-        pipeline.check_vision_tokens(tokens, handle.config)
+        conditioning.check_vision_tokens(tokens, handle.config)
         mm.load_models_gpu([handle.image_proj])
         return tokens
     mm.load_models_gpu([handle.vision, handle.image_proj])
@@ -273,7 +287,7 @@ def image_contexts(handle: ToonCrafterModel, images: torch.Tensor, clip_vision=N
     and is kept on the handle, per vision model and dtype."""
     device, dtype = handle.image_proj.load_device, handle.encoder_dtype
     if clip_vision is None and handle.vision is None:
-        raise pipeline.InputError(
+        raise errors.InputError(
             f"{handle.name} has no image encoder (pruned file): connect a CLIP_VISION "
             "(CLIPVisionLoader with clip_vision_h.safetensors, OpenCLIP ViT-H-14) to the clip_vision input"
         )
@@ -283,20 +297,24 @@ def image_contexts(handle: ToonCrafterModel, images: torch.Tensor, clip_vision=N
         # A weak reference: the entry must not keep a replaced CLIP_VISION (1.2 GB) alive, nor be taken
         # for the context of another one that reuses its address.
         if negative is None or owner() is not vision:
-            pixels = pipeline.negative_pixels(handle.config.vision)
-            negative = _out(handle.image_proj.model(_vision_tokens(handle, pixels, clip_vision).to(device, dtype)))
+            _, negative = conditioning.negative_image_context(
+                lambda pixels: _vision_tokens(handle, pixels, clip_vision), handle.image_proj.model, handle.config.vision,
+                device, dtype,
+            )
+            negative = _out(negative)
             handle.negative_images[dtype] = (weakref.ref(vision), negative)
-        tokens = _vision_tokens(handle, pipeline.clip_pixels(images, handle.config.vision), clip_vision)
+        tokens = _vision_tokens(handle, encoders.clip_pixels(images, handle.config.vision), clip_vision)
         ctx = _out(handle.image_proj.model(tokens.to(device, dtype)))
     return ctx, negative.expand(images.shape[0], -1, -1)
 
 
-def encode_keyframes(handle: ToonCrafterModel, start: torch.Tensor, end: torch.Tensor) -> pipeline.KeyframeEncoding:
+def encode_keyframes(handle: ToonCrafterModel, *images: torch.Tensor) -> keyframes.KeyframeEncoding:
+    """Keyframes (b 3 H W) in [-1, 1] (start and end, or the one image of image-to-video) -> their encoding."""
     mm.load_models_gpu([handle.vae])
     device = handle.vae.load_device
     with torch.inference_mode():
-        enc = pipeline.encode_keyframes(handle.vae.model, start.to(device, handle.vae_dtype), end.to(device, handle.vae_dtype))
-    return pipeline.KeyframeEncoding(_out(enc.mean.float()), _out(enc.logvar.float()), [_out(r) for r in enc.refs])
+        enc = keyframes.encode_keyframes(handle.vae.model, *(im.to(device, handle.vae_dtype) for im in images))
+    return keyframes.KeyframeEncoding(_out(enc.mean.float()), _out(enc.logvar.float()), [_out(r) for r in enc.refs])
 
 
 def sample(
@@ -366,7 +384,7 @@ def decode(handle: ToonCrafterModel, latents: torch.Tensor, refs, second_decode:
             if need > free:
                 log.warning("ToonCrafter decode: even one frame at a time may not fit; it may run out of memory")
     with torch.inference_mode():
-        _, video = pipeline.decode(
+        _, video = decoding.decode(
             handle.vae.model,
             latents.to(device, dtype),
             [r.to(device, dtype) for r in refs],
@@ -406,5 +424,5 @@ def sketch_control(encoder, drawn: torch.Tensor, frame_indices: str, strength: f
             t,
         )
     except ValueError as e:
-        raise pipeline.InputError(f"ToonCrafter Apply Sketch: {e} (sketches input / frame_indices)") from None
+        raise errors.InputError(f"ToonCrafter Apply Sketch: {e} (sketches input / frame_indices)") from None
     return SketchControl(encoder, hint, strength)

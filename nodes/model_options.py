@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from einops import rearrange
 
-from ..tooncrafter_core.pipeline import InputError
+from ..tooncrafter_core.errors import InputError
 from .controls import video_controls
 from .unet_patches import check_honoured
 

@@ -3,11 +3,13 @@ rescale as a model patch, and keyframe conditioning on text from CLIPTextEncode.
 
 from comfy_api.latest import io
 
-from ..tooncrafter_core.pipeline import InputError
+from ..tooncrafter_core.errors import InputError
+from ..tooncrafter_core.models.config import INTERPOLATION
+from ..tooncrafter_core.pipeline import check_task
 from ..tooncrafter_core.sampling import ddim_timesteps
 from . import managed_model as tc_model
 from . import native_model
-from .conditioning import clip_inputs, condition_keyframes, fitted_keyframes
+from .conditioning import NODE_FOR, clip_inputs, condition_keyframes, conditioning_outputs, fitted_keyframes
 from .types import CATEGORY, ToonCrafterModelType
 
 SPACINGS = ["uniform_trailing", "uniform"]
@@ -108,20 +110,17 @@ class ToonCrafterImageConditioning(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="OpenCLIP ViT-H-14 vision model, needed for the pruned checkpoint"),
             ],
-            outputs=[
-                io.Conditioning.Output(display_name="positive"),
-                io.Conditioning.Output(display_name="negative"),
-                io.Latent.Output(display_name="latent", tooltip="Empty latents of the clip's size, with the keyframes' features"),
-            ],
+            outputs=conditioning_outputs("Empty latents of the clip's size, with the keyframes' features"),
         )
 
     @classmethod
     def execute(cls, model, positive, negative, start_image, end_image, frame_stride, width, height, resize, frames,
                 clip_vision=None) -> io.NodeOutput:
+        check_task(model.config, INTERPOLATION, NODE_FOR)
         start, end = fitted_keyframes(model, start_image, end_image, width, height, resize)
         b = start.shape[0]
         text, pos_options = tc_model.conditioning_text(model, positive, "positive", b)
         text_neg, neg_options = tc_model.conditioning_text(model, negative, "negative", b)
         return io.NodeOutput(*condition_keyframes(
-            model, start, end, text, text_neg, frame_stride, frames, clip_vision, (pos_options, neg_options)
+            model, (start, end), text, text_neg, frame_stride, frames, clip_vision, (pos_options, neg_options)
         ))

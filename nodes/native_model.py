@@ -10,7 +10,6 @@ Glue only: the process, the network call and the samplers' math are in the core.
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 import comfy.conds
 import comfy.hooks
@@ -29,11 +28,11 @@ import torch
 from comfy.text_encoders.sd2_clip import SD2Tokenizer
 from einops import rearrange
 
-from ..tooncrafter_core import pipeline
+from ..tooncrafter_core import errors, guidance, keyframes
 from ..tooncrafter_core.models.attention import TemporalTransformer
+from ..tooncrafter_core.models.config import UNetConfig
 from ..tooncrafter_core.models.encoders import TextEncoder
 from ..tooncrafter_core.models.schedule import Schedule
-from ..tooncrafter_core.models.config import UNetConfig
 from ..tooncrafter_core.models.unet import UNetModel
 from ..tooncrafter_core.noise_levels import NoiseLevels
 from ..tooncrafter_core.sampling import level_guidance, sample_ddim_levels
@@ -140,7 +139,7 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
     @property
     def levels(self) -> NoiseLevels:
         if not isinstance(self.model_sampling, ToonCrafterSampling):
-            raise pipeline.InputError(model_options.REPLACED_SAMPLING)
+            raise errors.InputError(model_options.REPLACED_SAMPLING)
         return self.model_sampling.levels
 
     @property
@@ -155,7 +154,7 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
     def extra_conds(self, **kwargs):
         posterior = kwargs.get(POSTERIOR_KEY)
         if posterior is None or FS_KEY not in kwargs:
-            raise pipeline.InputError(
+            raise errors.InputError(
                 "ToonCrafter needs the keyframes in its conditioning: connect positive and negative from "
                 "ToonCrafter Conditioning (or ToonCrafter Image Conditioning), not from CLIPTextEncode alone"
             )
@@ -164,7 +163,7 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
         if seed is None:
             seed = 0
             log.warning("ToonCrafter: the sampler passed no seed; the keyframes' posterior is drawn with seed 0")
-        concat = pipeline.seeded_concat(posterior, noise.shape[2], self.scale_factor, seed, noise.shape)
+        concat = keyframes.seeded_concat(posterior, noise.shape[2], self.scale_factor, seed, noise.shape)
         out = {
             "c_concat": comfy.conds.CONDNoiseShape(concat),
             "fs": comfy.conds.CONDRegular(kwargs[FS_KEY].long()),
@@ -181,7 +180,7 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
             x, t, c_concat, c_crossattn, fs = _unfold(x, t, c_concat, c_crossattn, fs, transformer_options)
         frames = window_frames(transformer_options, c_concat.shape[2])
         if len(frames) != x.shape[2]:
-            raise pipeline.InputError(
+            raise errors.InputError(
                 f"the latent has {x.shape[2]} frames and the keyframe conditioning {c_concat.shape[2]}: connect the "
                 "latent output of the same ToonCrafter Conditioning node"
             )
@@ -200,7 +199,7 @@ class ToonCrafterNativeModel(comfy.model_base.BaseModel):
         # DIFFUSION_MODEL wrappers (EasyCache) see the noisy latent alone, the shape of the prediction.
         wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, options)
         executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(network, unet, wrappers)
-        denoised = pipeline.level_denoised(
+        denoised = guidance.level_denoised(
             lambda x_t, timesteps: executor.execute(x_t, timesteps, context, residuals, options), levels, t, x, dtype
         )
         return rearrange(denoised, "b c t h w -> (b t) c h w") if folded else denoised
@@ -212,7 +211,7 @@ def _unfold(x, t, c_concat, c_crossattn, fs, transformer_options):
     frames = len(window_frames(transformer_options, c_concat.shape[2]))
     conds = len(transformer_options.get("cond_or_uncond") or [None])
     if x.shape[0] != conds * frames:
-        raise pipeline.InputError(
+        raise errors.InputError(
             "SelfAttentionGuidance and the video CFG nodes treat each frame as an image and take one clip at a "
             f"time; this batch holds {x.shape[0] // (conds * frames)} clips: sample the keyframe pairs one by one"
         )
@@ -286,7 +285,7 @@ class ToonCrafterPatcher(comfy.model_patcher.ModelPatcher):
             if self._shapes.get(key) != shape:
                 theirs = f"a {list(shape)} weight {key}" if key in self._shapes else f"a weight {key}"
                 ours = f"ToonCrafter's is {list(self._shapes[key])}" if key in self._shapes else "ToonCrafter has none"
-                raise pipeline.InputError(
+                raise errors.InputError(
                     f"the model merged in is not a ToonCrafter model: it has {theirs} ({ours}); merge ToonCrafter "
                     "checkpoints (or LoRA-patched ToonCrafter models) only"
                 )
@@ -337,9 +336,8 @@ def _ddim(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=0.
         x = levels.from_latent(sigmas[:1], model.noise.to(x))
     generator = None
     if eta > 0:
-        cfg = native.diffusion_model.config
-        posterior = (x.shape[0], cfg.in_channels - cfg.out_channels, *x.shape[2:])
-        generator = pipeline.seeded_generator(extra_args.get("seed") or 0, skip=[x.shape, posterior])
+        draws = keyframes.initial_draws(x.shape, native.diffusion_model.config)
+        generator = keyframes.seeded_generator(extra_args.get("seed") or 0, skip=draws)
 
     def denoiser(x, sigma):
         return model(x, sigma, **extra_args)
@@ -385,7 +383,7 @@ class ToonCrafterTextClip(torch.nn.Module, comfy.sd1_clip.ClipTokenWeightEncoder
 
     def encode(self, tokens):
         if any(not isinstance(t, int) for row in tokens for t in row):
-            raise pipeline.InputError(
+            raise errors.InputError(
                 "textual-inversion embeddings (embedding:...) are not supported by ToonCrafter's text encoder; "
                 "remove them from the prompt"
             )

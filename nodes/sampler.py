@@ -6,7 +6,7 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
-from ..tooncrafter_core.pipeline import InputError
+from ..tooncrafter_core.errors import InputError
 from ..tooncrafter_core.settings import SamplingConfig
 from . import managed_model as tc_model
 from .types import CATEGORY, FS_KEY, KEYFRAMES_KEY, ToonCrafterModelType
@@ -42,7 +42,7 @@ class ToonCrafterSampler(io.ComfyNode):
             node_id="ToonCrafterSampler",
             display_name="ToonCrafter Sampler",
             category=CATEGORY,
-            description="Draws the in-between latents (DDIM, v-prediction, zero-terminal-SNR schedule).",
+            description="Draws the latents of the clip: DDIM with classifier-free guidance, on the model's own prediction (v or eps) and schedule.",
             inputs=[
                 ToonCrafterModelType.Input("model", tooltip="From Load ToonCrafter Model"),
                 io.Conditioning.Input("positive", tooltip="From ToonCrafter Conditioning"),

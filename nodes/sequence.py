@@ -3,7 +3,7 @@
 from comfy_api.latest import io
 
 from ..tooncrafter_core import frames as tc_frames
-from ..tooncrafter_core.pipeline import join_segments, segment_pairs, segment_prompts
+from ..tooncrafter_core.sequences import check_trim, join_segments, segment_pairs, segment_prompts
 from .conditioning import condition
 from .decoder import decode_video, to_image
 from .sampler import sample_latent, sampling_inputs, step_callback
@@ -28,7 +28,9 @@ class ToonCrafterSequence(io.ComfyNode):
                                 tooltip="One line for every segment, or one line per segment (keyframe 1->2, 2->3, ..., "
                                 "last->first when looping); empty lines are ignored"),
                 io.String.Input("negative_prompt", multiline=True, default="", tooltip="For every segment; the original uses empty"),
-                io.Int.Input("frame_stride", default=10, min=1, max=100, tooltip="fs condition: smaller values give larger motion"),
+                io.Int.Input("frame_stride", default=0, min=0, max=100,
+                             tooltip="fs condition: smaller values give larger motion; 0 = the model's (10 ToonCrafter, 5 "
+                             "DynamiCrafter interpolation)"),
                 io.Int.Input("width", default=512, min=64, max=2048, step=64, tooltip="Output width; the model was trained at 512"),
                 io.Int.Input("height", default=320, min=64, max=2048, step=64, tooltip="Output height; the model was trained at 320"),
                 io.Combo.Input("resize", options=list(tc_frames.FIT_METHODS), default="crop",
@@ -46,6 +48,9 @@ class ToonCrafterSequence(io.ComfyNode):
                 io.Boolean.Input("second_decode", default=True, tooltip="The original's second decode of each segment's middle pair"),
                 io.Clip.Input("clip", optional=True, tooltip="OpenCLIP ViT-H text encoder, needed for the pruned checkpoint"),
                 io.ClipVision.Input("clip_vision", optional=True, tooltip="OpenCLIP ViT-H-14 vision model, needed for the pruned checkpoint"),
+                io.Int.Input("trim", default=0, min=0, max=16, optional=True,
+                             tooltip="In-betweens cut on each side of every keyframe two segments share, where the model "
+                             "tends to hold the keyframe and the joined clip pauses; 0 keeps every frame"),
             ],
             outputs=[io.Image.Output(display_name="frames", tooltip="The whole clip in order, as one IMAGE batch")],
         )
@@ -54,8 +59,10 @@ class ToonCrafterSequence(io.ComfyNode):
     def execute(
         cls, model, keyframes, prompt, negative_prompt, frame_stride, width, height, resize, frames, loop, seed, steps,
         cfg, eta, guidance_rescale, timestep_spacing, frames_per_chunk, second_decode, clip=None, clip_vision=None,
+        trim=0,
     ) -> io.NodeOutput:
         pairs = segment_pairs(keyframes.shape[0], loop)
+        check_trim(frames or model.config.frames, trim)
         prompts = segment_prompts([line for line in prompt.splitlines() if line.strip()] or [""], len(pairs))
         # Stage by stage over all segments, so ComfyUI loads the encoders, the UNet and the VAE once each.
         conditioned = [
@@ -69,4 +76,4 @@ class ToonCrafterSequence(io.ComfyNode):
             for i, (positive, negative, latent) in enumerate(conditioned)
         ]
         videos = [decode_video(model, latent, frames_per_chunk, second_decode) for latent in latents]
-        return io.NodeOutput(to_image(join_segments(videos, loop)))
+        return io.NodeOutput(to_image(join_segments(videos, loop, trim)))

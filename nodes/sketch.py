@@ -3,6 +3,7 @@
 from comfy_api.latest import io
 
 from ..tooncrafter_core import frames as tc_frames
+from ..tooncrafter_core.errors import InputError
 from ..tooncrafter_core.sketches import DEFAULT_SCALE
 from ..tooncrafter_core.weights import catalog
 from . import managed_model as tc_model
@@ -77,16 +78,16 @@ class ToonCrafterApplySketch(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, latent, sketch_encoder, sketches, frame_indices, strength, resize) -> io.NodeOutput:
         if KEYFRAMES_KEY not in latent:
-            raise tc_model.pipeline.InputError("latent must be the latent output of ToonCrafter Conditioning")
+            raise InputError("latent must be the latent output of ToonCrafter Conditioning")
         control = tc_model.sketch_control(sketch_encoder, sketches, frame_indices, strength, resize, latent["samples"].shape)
-        return io.NodeOutput(_with(positive, control, strength), _with(negative, control, strength))
+        return io.NodeOutput(steered(positive, control, strength), steered(negative, control, strength))
 
 
-def _with(conditioning, control, strength):
+def steered(conditioning, control, strength):
     """The conditioning entries, each steered by the sketch control (ComfyUI's `control` option, as
     ControlNets are applied); strength 0 leaves them as they are: the unguided result exactly."""
     if not conditioning or FS_KEY not in conditioning[0][1]:
-        raise tc_model.pipeline.InputError("positive and negative must come from ToonCrafter Conditioning")
+        raise InputError("positive and negative must come from ToonCrafter Conditioning")
     if strength == 0:
         return conditioning
     out = []

@@ -1,6 +1,7 @@
 """ToonCrafter Train LoRA: `train-lora` of the core inside ComfyUI, saving into models/loras."""
 
 import os
+from pathlib import Path
 
 import comfy.model_management as mm
 import comfy.utils
@@ -8,7 +9,6 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..tooncrafter_core.__main__ import build_parser
 from ..tooncrafter_core.commands import train_lora
 from ..tooncrafter_core.training.adapters import KOHYA_WEIGHTS, PEFT_WEIGHTS
 from ..tooncrafter_core.training.lora import LOSSES
@@ -68,16 +68,13 @@ class ToonCrafterTrainLora(io.ComfyNode):
         data = data_folder if os.path.isabs(data_folder) else os.path.join(folder_paths.get_input_directory(), data_folder)
         out = os.path.join(folder_paths.get_output_directory(), RUNS, name)
         target = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
-        argv = ["train-lora", "--ckpt", tc_model.resolve_checkpoint(model.name), "--data", data, "--out", out,
-                "--steps", str(steps), "--lr", str(learning_rate), "--rank", str(rank), "--alpha", str(alpha),
-                "--width", str(width), "--height", str(height), "--loss", loss, "--seed", str(seed), "--prompt", prompt,
-                "--device", str(mm.get_torch_device())]
-        if frames:
-            argv += ["--frames", str(frames)]
-        if gradient_checkpointing:
-            argv.append("--grad-checkpointing")
-        if os.path.isdir(os.path.join(out, "checkpoints")):
-            argv.append("--resume")  # the same name again continues that run (more steps) instead of failing
+        options = dict(
+            ckpt=Path(tc_model.resolve_checkpoint(model.name)), steps=steps, lr=learning_rate, rank=rank, alpha=alpha,
+            width=width, height=height, frames=frames or None, loss=loss, seed=seed, prompt=prompt,
+            device=str(mm.get_torch_device()), grad_checkpointing=gradient_checkpointing,
+            # the same name again continues that run (more steps) instead of failing
+            resume=os.path.isdir(os.path.join(out, "checkpoints")),
+        )
         pbar = comfy.utils.ProgressBar(steps)
 
         def on_step(step, total, value):
@@ -89,7 +86,7 @@ class ToonCrafterTrainLora(io.ComfyNode):
         try:
             # ComfyUI runs nodes in inference mode; training loads and differentiates its own model.
             with torch.inference_mode(False), torch.enable_grad():
-                train_lora.run(build_parser().parse_args(argv), on_step=on_step)
+                train_lora.train(Path(data), Path(out), on_step=on_step, **options)
         except KeyboardInterrupt:
             mm.throw_exception_if_processing_interrupted()
             raise

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..tooncrafter_core.errors import InputError
 from ..tooncrafter_core.models.unet_call import NO_HOOKS, AttentionHooks, AttentionSite, UNetHooks
-from ..tooncrafter_core.pipeline import InputError
 
 # transformer_options["patches"] keys and their hook, and the patches_replace kinds the UNet honours.
 ATTENTION_PATCHES = {"attn1_patch", "attn1_output_patch", "attn2_patch", "attn2_output_patch"}

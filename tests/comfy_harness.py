@@ -63,6 +63,16 @@ def in_process_script(body: str) -> str:
     source = IN_PROCESS_PRELUDE + textwrap.dedent(body)
     return source.format(comfy=str(COMFYUI_SOURCE), repo=str(REPO), tiny=str(TINY), tests=str(REPO / "tests"))
 
+def run_in_comfy(body: str, timeout: float = 1800) -> dict:
+    """Run `body` after the prelude in a fresh process (see `in_process_script`); it prints one line
+    `RESULTS <json>`, which is returned."""
+    proc = subprocess.run([sys.executable, "-c", in_process_script(body)], capture_output=True, text=True, cwd="/tmp",
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
+    return json.loads(line[len("RESULTS "):])
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -570,6 +580,20 @@ class FrontendSession:
     def graph_to_prompt(self) -> dict:
         """The API prompt the frontend itself builds from the loaded graph (`app.graphToPrompt`)."""
         return self.page.evaluate("async () => (await window.app.graphToPrompt()).output")
+
+    def node_boxes(self) -> dict[str, list[float]]:
+        """Each node of the loaded graph, by "id title", with the box the canvas draws it in: [x, y, width,
+        height] in graph units, the title bar included (LiteGraph's getBounding)."""
+        # A node stored smaller than its widgets need is drawn at least at computeSize once laid out.
+        return self.page.evaluate(
+            """() => Object.fromEntries(window.app.graph._nodes.map(n => {
+                   const box = n.getBounding();
+                   const need = n.computeSize ? n.computeSize() : [0, 0];
+                   const title = box[3] - n.size[1];
+                   return [`${n.id} ${n.title}`,
+                           [box[0], box[1], Math.max(box[2], need[0]), Math.max(box[3], need[1] + title)]];
+               }))"""
+        )
 
     def screenshot(self, path: str | Path) -> None:
         self.page.screenshot(path=str(path))

@@ -3,6 +3,8 @@
 import pytest
 from comfy_harness import ComfyServer, FrontendSession
 from helpers import (
+    DC_I2V,
+    DC_INTERP,
     TINY_KOHYA_LORA,
     TINY_LORA,
     TINY_SKETCH_ENCODER,
@@ -21,6 +23,8 @@ def comfy_server(tmp_path_factory):
     # Latent previews on, as users run ComfyUI, so the progress messages carry them.
     server = ComfyServer(tmp_path_factory.mktemp("comfyui"), extra_args=("--fp32-text-enc", "--preview-method", "latent2rgb"))
     tiny_checkpoint(server.tooncrafter_models_dir, stem="tooncrafter_tiny")
+    tiny_checkpoint(server.tooncrafter_models_dir, stem="dynamicrafter_tiny_i2v", case=DC_I2V)
+    tiny_checkpoint(server.tooncrafter_models_dir, stem="dynamicrafter_tiny_interp", case=DC_INTERP)
     tiny_lora(server.models_dir / "loras" / TINY_LORA)
     tiny_kohya_lora(server.models_dir / "loras" / TINY_KOHYA_LORA)
     tiny_sketch_encoder(server.models_dir / "controlnet" / TINY_SKETCH_ENCODER)

@@ -13,6 +13,10 @@ SHARED = REPO.parent / "shared"
 REFERENCE = SHARED / "reference"
 MANIFEST = REFERENCE / "tooncrafter_512_interp_keys.json"
 TINY = REFERENCE / "tiny-4f-64x64"
+# DynamiCrafter's tiny recorded cases: image-to-video 256 and 512, and the 512 interpolation model.
+DC_I2V_256 = REFERENCE / "dynamicrafter" / "dc-i2v256-8f-32x32"
+DC_I2V = REFERENCE / "dynamicrafter" / "dc-i2v512-4f-32x64"
+DC_INTERP = REFERENCE / "dynamicrafter" / "dc-interp512-8f-32x32"
 
 
 def relative_error(ours, reference) -> float:
@@ -27,8 +31,10 @@ def gradient_keyframes(h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Te
 
 
 def reference_cases() -> list[Path]:
-    """Every recorded case under shared/reference (held-back cases are picked up the same way)."""
-    return sorted(p.parent for p in REFERENCE.glob("*/reference.json"))
+    """Every recorded case under shared/reference, ToonCrafter's and (in dynamicrafter/) DynamiCrafter's
+    (held-back cases are picked up the same way)."""
+    found = list(REFERENCE.glob("*/reference.json")) + list(REFERENCE.glob("dynamicrafter/*/reference.json"))
+    return sorted(p.parent for p in found)
 
 
 def manifest() -> dict[str, tuple[tuple[int, ...], str]]:

@@ -20,11 +20,13 @@ from helpers import REPO, tiny_checkpoint
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from tooncrafter_core import decoding, sequences
 from tooncrafter_core import frames as tc_frames
-from tooncrafter_core import pipeline
+from tooncrafter_core import keyframes as tc_keyframes
 from tooncrafter_core.__main__ import main
+from tooncrafter_core.errors import InputError
 from tooncrafter_core.models.unet import UNetModel
-from tooncrafter_core.pipeline import InputError, interpolate
+from tooncrafter_core.pipeline import interpolate
 from tooncrafter_core.settings import RuntimeOptions, SamplingConfig
 from tooncrafter_core.weights.checkpoint import CheckpointError, load_model
 
@@ -104,11 +106,11 @@ def test_core_refuses_keyframes_of_different_sizes(tiny_model):
 def test_size_not_a_multiple_names_the_option_and_a_valid_size(caplog, ckpt, keyframes):
     # The tiny model needs multiples of 16 (VAE 8 x UNet 2); the released one of 64.
     message = _user_error(caplog, "--height", "60", "--width", "64", ckpt=ckpt, keyframes=keyframes)
-    assert message == "error: --height 60 --width 64: both must be multiples of 16 for this model; use e.g. --height 64 --width 64"
+    assert message == "error: --width x --height 64x60 is not a multiple of 16 for this model: use e.g. 64x64"
 
 
 def test_core_size_not_a_multiple_names_a_valid_size(tiny_model):
-    with pytest.raises(InputError, match=r"keyframe size 64x60 is not a multiple of 16; .* \(e\.g\. to 64x48\)"):
+    with pytest.raises(InputError, match=r"keyframe size 64x60 is not a multiple of 16 for this model: use e\.g\. 64x64"):
         interpolate(tiny_model, torch.zeros(1, 3, 60, 64), torch.zeros(1, 3, 60, 64), "x", SamplingConfig(steps=1))
 
 
@@ -166,9 +168,9 @@ def test_core_names_the_fix_for_a_gray_or_rgba_tensor(tiny_model):
 def test_one_image_where_a_batch_is_expected_and_the_reverse(tiny_model):
     one, three = torch.zeros(1, 3, 64, 64), torch.zeros(3, 3, 64, 64)
     s = SamplingConfig(steps=1)
-    with pytest.raises(InputError, match=r"start has 1 keyframe\(s\) and end 3: give as many of each .* repeat it"):
+    with pytest.raises(InputError, match=r"start keyframe has 1 image\(s\) and end keyframe 3: give as many of each .* repeat it"):
         interpolate(tiny_model, one, three, "x", s)
-    with pytest.raises(InputError, match=r"start has 3 keyframe\(s\) and end 1"):
+    with pytest.raises(InputError, match=r"start keyframe has 3 image\(s\) and end keyframe 1"):
         interpolate(tiny_model, three, one, "x", s)
     # A single image without its batch dimension.
     with pytest.raises(InputError, match=r"got \(3, 64, 64\): add the batch dimension to a single image \(image\[None\]\)"):
@@ -178,7 +180,7 @@ def test_one_image_where_a_batch_is_expected_and_the_reverse(tiny_model):
         interpolate(tiny_model, one, one, ["a", "b"], s)
     # A sequence needs a batch of at least two keyframes.
     with pytest.raises(InputError, match="a keyframe sequence needs at least 2 keyframes, got 1"):
-        pipeline.interpolate_sequence(tiny_model, one, "x", s)
+        sequences.interpolate_sequence(tiny_model, one, "x", s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +380,7 @@ def test_checkpoint_of_another_model_is_not_taken_for_tooncrafter(caplog, keyfra
     else:
         save_file(state(), str(path))
     message = _user_error(caplog, ckpt=path, keyframes=keyframes)
-    assert message.startswith(f"error: {name} is not a ToonCrafter checkpoint: its keys are those of {family}")
+    assert message.startswith(f"error: {name} is not a ToonCrafter or DynamiCrafter checkpoint: its keys are those of {family}")
     assert "use a ToonCrafter checkpoint, e.g. tooncrafter_512_interp-fp16.safetensors" in message
 
 
@@ -422,7 +424,7 @@ def latents(tiny_model):
     gen = torch.Generator().manual_seed(0)
     start, end = (torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
     with torch.inference_mode():
-        enc = pipeline.encode_keyframes(tiny_model.vae, start, end)
+        enc = tc_keyframes.encode_keyframes(tiny_model.vae, start, end)
     return torch.randn(1, 4, 4, 4, 4, generator=gen) * tiny_model.config.vae.scale_factor, enc.refs
 
 
@@ -439,18 +441,25 @@ def _oom_above(vae, limit: int, calls: list):
     vae.decoder.forward = decoder
 
 
+def _decode_out_of_memory_above(limit: int, vae, z, refs, second_decode: bool, overlap: int):
+    """The decode left to choose its chunks while more than `limit` frames a call run out of memory:
+    (its result, the frames of each decoder call)."""
+    calls = []
+    _oom_above(vae, limit, calls)
+    try:
+        with torch.inference_mode():
+            return decoding.decode(vae, z, refs, second_decode, chunk=None, overlap=overlap), calls
+    finally:
+        del vae.decoder.forward
+
+
 def test_out_of_memory_during_decode_retries_in_halved_chunks(tiny_model, latents, caplog):
     z, refs = latents
     vae = tiny_model.vae
     with torch.inference_mode():
-        expected = pipeline.decode(vae, z, refs, True, chunk=1, overlap=0)
-    calls = []
-    _oom_above(vae, 1, calls)
-    try:
-        with torch.inference_mode(), caplog.at_level(logging.WARNING):
-            got = pipeline.decode(vae, z, refs, True, chunk=None, overlap=0)
-    finally:
-        del vae.decoder.forward
+        expected = decoding.decode(vae, z, refs, True, chunk=1, overlap=0)
+    with caplog.at_level(logging.WARNING):
+        got, calls = _decode_out_of_memory_above(1, vae, z, refs, True, overlap=0)
     # The whole clip (4 frames) and chunks of 2 fail, one frame a call fits; the second pass (the
     # clip without frames 1 and 2) starts at that chunk.
     assert calls == [4, 2, 1, 1, 1, 1, 1, 1]
@@ -466,14 +475,8 @@ def test_out_of_memory_with_context_frames_counts_the_whole_window(tiny_model, l
     z, refs = latents
     vae = tiny_model.vae
     with torch.inference_mode():
-        expected = pipeline.decode(vae, z, refs, False, chunk=2, overlap=1)
-    calls = []
-    _oom_above(vae, 3, calls)
-    try:
-        with torch.inference_mode():
-            got = pipeline.decode(vae, z, refs, False, chunk=None, overlap=1)
-    finally:
-        del vae.decoder.forward
+        expected = decoding.decode(vae, z, refs, False, chunk=2, overlap=1)
+    got, calls = _decode_out_of_memory_above(3, vae, z, refs, False, overlap=1)
     assert calls == [4, 3, 3]  # chunks of 2 with one context frame on each side: windows of 3
     assert torch.equal(got[1], expected[1])
 
@@ -485,7 +488,7 @@ def test_out_of_memory_at_one_frame_a_call_is_raised(tiny_model, latents):
     _oom_above(vae, 0, calls)
     try:
         with torch.inference_mode(), pytest.raises(torch.OutOfMemoryError):
-            pipeline.decode(vae, z, refs, True, chunk=None, overlap=0)
+            decoding.decode(vae, z, refs, True, chunk=None, overlap=0)
     finally:
         del vae.decoder.forward
     assert calls == [4, 2, 1]
@@ -569,7 +572,7 @@ def test_ctrl_c_in_the_cli_exits_130_with_one_line(caplog, ckpt, keyframes, monk
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "interpolate_sequence", interrupted)
+    monkeypatch.setattr(sequences, "interpolate_sequence", interrupted)
     code, errors = _cli(caplog, ckpt=ckpt, keyframes=keyframes)
     assert code == 130 and errors == ["interrupted"]
 

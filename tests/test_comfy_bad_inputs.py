@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from comfy_harness import ComfyError, in_process_script
-from helpers import REPO, TINY, tiny_checkpoint
+from helpers import DC_I2V_256, REPO, TINY, tiny_checkpoint
 from PIL import Image
 from safetensors.torch import save_file
 from test_comfy_nodes import _saved_images, _seed_prompt
@@ -102,7 +102,7 @@ def test_width_or_height_not_a_multiple_is_named(comfy_server, input_dir, base, 
     error = _execution_error(comfy_server, prompt)
     assert error["node_type"] == "ToonCrafterConditioning"
     # The tiny model needs multiples of 16; the released one of 64.
-    assert f"width and height must be multiples of 16, got {width}x{height}" in error["exception_message"]
+    assert f"width x height {width}x{height} is not a multiple of 16 for this model: use e.g." in error["exception_message"]
     _still_works(comfy_server, input_dir, base)
 
 
@@ -310,8 +310,35 @@ def test_checkpoint_of_another_model_is_not_taken_for_tooncrafter(comfy_server, 
     error = _execution_error(comfy_server, prompt)
     assert error["node_type"] == "ToonCrafterModelLoader"
     assert error["exception_message"].startswith(
-        f"{name} is not a ToonCrafter checkpoint: its keys are those of a Stable Diffusion 1.x checkpoint"
+        f"{name} is not a ToonCrafter or DynamiCrafter checkpoint: its keys are those of a Stable Diffusion 1.x checkpoint"
     )
+    _still_works(comfy_server, input_dir, base)
+
+
+def test_a_checkpoint_of_the_other_kind_names_what_it_is_and_the_node_it_needs(comfy_server, input_dir, base, staged):
+    # ToonCrafter (interpolation only) in the image-to-video node.
+    prompt = _seed_prompt(SEED)
+    prompt["4"] = {"class_type": "DynamiCrafterImageConditioning", "inputs": {
+        "model": ["1", 0], "image": ["2", 0], "prompt": "a ball", "negative_prompt": "", "frame_stride": 0,
+        "width": 64, "height": 64, "resize": "crop", "frames": 0}}
+    error = _execution_error(comfy_server, prompt)
+    assert error["node_type"] == "DynamiCrafterImageConditioning"
+    assert error["exception_message"].rstrip() == (
+        "this checkpoint is a ToonCrafter 64 interpolation model, not one for image-to-video: use it with "
+        "ToonCrafter Conditioning (two keyframes), or pick a checkpoint made for image-to-video"
+    )
+    # DynamiCrafter 256 (image-to-video only: eps, frame stride) in the interpolation node.
+    name = staged("zz_catalogue_dc256.safetensors", (DC_I2V_256 / "model.safetensors").read_bytes())
+    staged("zz_catalogue_dc256.yaml", (DC_I2V_256 / "config.yaml").read_bytes())
+    prompt = _seed_prompt(SEED)
+    prompt["1"]["inputs"]["ckpt_name"] = name
+    error = _execution_error(comfy_server, prompt)
+    assert error["node_type"] == "ToonCrafterConditioning"
+    message = error["exception_message"].rstrip()
+    assert re.fullmatch(
+        r"this checkpoint is a DynamiCrafter \d+ image-to-video model, not one for interpolation: use it with "
+        r"DynamiCrafter Image Conditioning \(one image\), or pick a checkpoint made for interpolation", message
+    ), message
     _still_works(comfy_server, input_dir, base)
 
 

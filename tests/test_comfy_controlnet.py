@@ -5,12 +5,8 @@ its residuals equal sketch guidance's for the same weights and drawing."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from comfy_harness import in_process_script
+from comfy_harness import run_in_comfy
 
 SCRIPT = """
     import json
@@ -27,7 +23,7 @@ SCRIPT = """
     from tc_pack.tooncrafter_core.models.schedule import Schedule
     from tc_pack.tooncrafter_core.models.sketch_encoder import SketchEncoder
     from tc_pack.tooncrafter_core.models.unet import UNetModel
-    from tc_pack.tooncrafter_core.pipeline import KeyframeEncoding
+    from tc_pack.tooncrafter_core.keyframes import KeyframeEncoding
 
     out = {{}}
     g = torch.Generator().manual_seed(0)
@@ -106,11 +102,7 @@ SCRIPT = """
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    proc = subprocess.run([sys.executable, "-c", in_process_script(SCRIPT)], capture_output=True, text=True,
-                          cwd="/tmp", timeout=1500)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS "):])
+    return run_in_comfy(SCRIPT, timeout=1800)
 
 
 def test_stock_loader_loads_the_released_width_sketch_encoder_as_a_controlnet(results):

@@ -227,7 +227,11 @@ def test_server_serves_builtin_and_v3_node_schemas(comfy_server):
 
 def test_tiny_model_is_staged(comfy_server):
     staged = sorted(path.name for path in comfy_server.tooncrafter_models_dir.iterdir())
-    assert staged == ["TC-Tiny.json", "tooncrafter_tiny.safetensors", "tooncrafter_tiny.yaml"]
+    assert staged == [
+        "DC-Tiny.json", "TC-Tiny.json", "dynamicrafter_tiny_i2v.safetensors", "dynamicrafter_tiny_i2v.yaml",
+        "dynamicrafter_tiny_interp.safetensors", "dynamicrafter_tiny_interp.yaml", "tooncrafter_tiny.safetensors",
+        "tooncrafter_tiny.yaml",
+    ]
 
 
 def test_builtin_workflow_runs_to_completion(comfy_server):

@@ -12,7 +12,7 @@ from comfy_harness import in_process_script
 
 # Runs after comfy_harness.IN_PROCESS_PRELUDE (ComfyUI and the pack imported, the tiny model loaded as `handle`).
 SCRIPT = """
-    from tc_pack.tooncrafter_core import pipeline
+    from tc_pack.tooncrafter_core import guidance
     unet = handle.unet
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 4, 8, 8, generator=g)
@@ -22,7 +22,7 @@ SCRIPT = """
 
     def run():
         with torch.inference_mode():
-            return pipeline.unet_v(unet.model.diffusion_model, x, t, context, concat, fs)
+            return guidance.unet_output(unet.model.diffusion_model, x, t, context, concat, fs)
 
     mm.load_models_gpu([unet])
     full = run()

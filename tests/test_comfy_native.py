@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import subprocess
-import sys
 import time
 import uuid
 
 import numpy as np
 import pytest
-from comfy_harness import comfy_sampler_names, in_process_script
+from comfy_harness import comfy_sampler_names, run_in_comfy
 from helpers import TINY_KOHYA_LORA
 from test_comfy_nodes import _saved_images, _seed_prompt
 
@@ -34,9 +32,9 @@ PARITY = """
     from tc_pack.nodes.native import ToonCrafterDDIM, ToonCrafterGuidanceRescale, ToonCrafterSigmas
     from tc_pack.nodes.sampler import ToonCrafterSampler
     from tc_pack.nodes.types import FS_KEY, KEYFRAMES_KEY
-    from tc_pack.tooncrafter_core import frames as tc_frames, pipeline
+    from tc_pack.tooncrafter_core import frames as tc_frames, guidance, keyframes
     from tc_pack.tooncrafter_core.__main__ import main as cli
-    from tc_pack.tooncrafter_core.sampling import VDenoiser, ddim_plan, sample_ddim
+    from tc_pack.tooncrafter_core.sampling import Denoiser, ddim_plan, sample_ddim
     from tc_pack.tooncrafter_core.settings import SamplingConfig
 
     SEED = {seed}
@@ -48,15 +46,15 @@ PARITY = """
     unet, schedule = handle.unet.model.diffusion_model, handle.schedule
 
     def core_ddim(steps, eta, to_t0=False):
-        generator = pipeline.seeded_generator(SEED)
-        concat, x_T = pipeline.initial_latents(lat[KEYFRAMES_KEY], handle.config.frames, handle.config, generator, "cpu")
-        cond = pipeline.Conditioning(pos[0][0], neg[0][0], concat, pos[0][1][FS_KEY])
-        guided = pipeline.guided_model(unet, cond, SamplingConfig(steps=steps, eta=eta))
+        generator = keyframes.seeded_generator(SEED)
+        concat, x_T = keyframes.initial_latents(lat[KEYFRAMES_KEY], handle.config.frames, handle.config, generator, "cpu")
+        cond = guidance.Conditioning(pos[0][0], neg[0][0], concat, pos[0][1][FS_KEY])
+        guided = guidance.guided_model(unet, cond, SamplingConfig(steps=steps, eta=eta))
         plan = ddim_plan(schedule, steps, "uniform_trailing", eta)
         if to_t0:  # the last step brought to t = 0's scale, as an ODE solver ends
             plan[-1] = replace(plan[-1], rescale=float(schedule.scale_arr[0] / schedule.scale_arr[plan[-1].t]))
         with torch.inference_mode():
-            return sample_ddim(VDenoiser(guided, schedule), x_T, plan, generator=generator)
+            return sample_ddim(Denoiser(guided, schedule), x_T, plan, generator=generator)
 
     def rel(a, b):
         return float((a - b).norm() / b.norm())
@@ -167,11 +165,7 @@ SWEEP = """
 
 
 def _run(script: str) -> dict:
-    code = in_process_script(script.replace("{seed}", str(SEED)))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/tmp", timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS "):])
+    return run_in_comfy(script.replace("{seed}", str(SEED)), timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import time
 from pathlib import Path
@@ -19,11 +20,11 @@ TINY_CKPT = "tooncrafter_tiny.safetensors"
 
 # The node reference of README.md: every node, its inputs in order, and its outputs.
 DOCUMENTED = {
-    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "compile"], ["model", "MODEL", "CLIP"]),
+    "ToonCrafterModelLoader": (["ckpt_name", "weight_dtype", "vae_dtype", "compile"], ["model", "MODEL", "CLIP"]),
     "ToonCrafterLoraLoader": (["model", "lora_name", "strength"], ["model"]),
     "ToonCrafterConditioning": (
         ["model", "start_image", "end_image", "prompt", "negative_prompt", "frame_stride", "width", "height",
-         "resize", "frames", "clip", "clip_vision"],
+         "resize", "frames", "clip", "clip_vision", "image_context_ratio"],
         ["positive", "negative", "latent"],
     ),
     "ToonCrafterSampler": (
@@ -34,7 +35,7 @@ DOCUMENTED = {
     "ToonCrafterSequence": (
         ["model", "keyframes", "prompt", "negative_prompt", "frame_stride", "width", "height", "resize", "frames", "loop",
          "seed", "steps", "cfg", "eta", "guidance_rescale", "timestep_spacing", "frames_per_chunk", "second_decode",
-         "clip", "clip_vision"],
+         "clip", "clip_vision", "trim"],
         ["frames"],
     ),
     "ToonCrafterSketchEncoderLoader": (["encoder_name"], ["sketch_encoder"]),
@@ -54,6 +55,19 @@ DOCUMENTED = {
         ["model", "data_folder", "lora_name", "steps", "learning_rate", "rank", "alpha", "width", "height", "frames",
          "loss", "gradient_checkpointing", "seed", "prompt"],
         ["model", "lora_name"],
+    ),
+    "DynamiCrafterImageConditioning": (
+        ["model", "image", "prompt", "negative_prompt", "frame_stride", "width", "height", "resize", "frames", "clip",
+         "clip_vision"],
+        ["positive", "negative", "latent"],
+    ),
+    "ToonCrafterLoadLineArt": (["folder"], ["line_art"]),
+    "ToonCrafterColorize": (
+        ["model", "sketch_encoder", "line_art", "keys", "key_frames", "prompt", "negative_prompt", "frame_stride",
+         "width", "height", "resize", "seed", "steps", "cfg", "eta", "guidance_rescale", "timestep_spacing",
+         "sketch_strength", "max_segment", "single_key", "line_overlay", "color_match", "frames_per_chunk",
+         "second_decode", "clip", "clip_vision", "line_art_mask"],
+        ["frames"],
     ),
 }
 
@@ -105,12 +119,28 @@ def _set(api: dict, class_type: str, **values) -> None:
             node["inputs"][name] = value
 
 
-def _tiny_settings(api: dict) -> None:
-    _set(api, "ToonCrafterModelLoader", ckpt_name=TINY_CKPT)
+# The tiny model standing in for each workflow's checkpoint, its frame size (width, height) and frames.
+TINY_FOR = {
+    "dynamicrafter_i2v": ("dynamicrafter_tiny_i2v.safetensors", (64, 64), 4),
+    "dynamicrafter_interp": ("dynamicrafter_tiny_interp.safetensors", (64, 64), 8),
+}
+
+
+def _tiny_settings(api: dict, workflow: str = "") -> None:
+    ckpt, (width, height), _ = TINY_FOR.get(workflow, (TINY_CKPT, (64, 64), 4))
+    _set(api, "ToonCrafterModelLoader", ckpt_name=ckpt)
+    if any(n["class_type"] == "DynamiCrafterImageConditioning" for n in api.values()):
+        _set(api, "DynamiCrafterImageConditioning", width=width, height=height)
+        _set(api, "KSampler", steps=4)
+        return
+    if any(n["class_type"] == "ToonCrafterColorize" for n in api.values()):
+        _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
+        _set(api, "ToonCrafterColorize", width=64, height=64, steps=2)
+        return
     if any(n["class_type"] == "ToonCrafterSequence" for n in api.values()):
         _set(api, "ToonCrafterSequence", width=64, height=64, steps=2)
         return
-    _set(api, "ToonCrafterConditioning", width=64, height=64)
+    _set(api, "ToonCrafterConditioning", width=width, height=height)
     if any(n["class_type"] == "KSampler" for n in api.values()):
         _set(api, "KSampler", steps=4)  # the workflow's own sampler and scheduler, fewer steps
     else:
@@ -132,11 +162,14 @@ def _video_frames(comfy_server, entry: dict) -> np.ndarray:
 @pytest.mark.parametrize("workflow", [w for w in WORKFLOWS if "pruned" not in w.name], ids=lambda p: p.stem)
 def test_shipped_workflow_runs_with_the_tiny_model(comfy_server, workflow):
     api = _api(comfy_server, workflow)
-    _tiny_settings(api)
+    _tiny_settings(api, workflow.stem)
     entry = comfy_server.run(api, timeout=600)
     frames = _video_frames(comfy_server, entry)
-    # The tiny model's 4 frames at the requested size; the sequence joins 3 keyframes: 2 * (4 - 1) + 1.
-    assert frames.shape == (7 if "sequence" in workflow.stem else 4, 64, 64, 3)
+    # The tiny model's frames at the requested size; the sequence joins 3 keyframes: 2 * (4 - 1) + 1; the
+    # colorize shot has its line art's 25.
+    _, (width, height), count = TINY_FOR.get(workflow.stem, (None, (64, 64), 4))
+    count = {"tooncrafter_sequence": 7, "tooncrafter_colorize": 25}.get(workflow.stem, count)
+    assert frames.shape == (count, height, width, 3)
     assert np.isfinite(frames).all() and frames.std() > 1.0
     assert not all(np.array_equal(frames[0], f) for f in frames[1:])
 
@@ -148,15 +181,8 @@ def test_pruned_workflow_runs_with_comfyui_clip_and_clip_vision(comfy_server):
     api = _api(comfy_server, REPO / "workflows" / "tooncrafter_pruned_fp16_with_comfy_clip.json")
     _set(api, "CLIPLoader", clip_name=TEXT_ENCODER_NAME, type="stable_diffusion")
     _set(api, "CLIPVisionLoader", clip_name=CLIP_VISION_NAME)
+    _tiny_settings(api)
     _set(api, "ToonCrafterModelLoader", ckpt_name=f"{PRUNED_STEM}.safetensors")
-    _set(api, "ToonCrafterConditioning", width=64, height=64)
-    if any(n["class_type"] == "KSampler" for n in api.values()):
-        _set(api, "KSampler", steps=4)  # the workflow's own sampler and scheduler, fewer steps
-    else:
-        _set(api, "ToonCrafterSampler", steps=3)
-    if any(n["class_type"] == "ToonCrafterApplySketch" for n in api.values()):
-        _set(api, "ToonCrafterSketchEncoderLoader", encoder_name=TINY_SKETCH_ENCODER)
-        _set(api, "ToonCrafterApplySketch", frame_indices="1, 2")  # the tiny model's 4 frames
     entry = comfy_server.run(api, timeout=600)
     frames = _video_frames(comfy_server, entry)
     assert frames.shape == (4, 64, 64, 3)
@@ -302,10 +328,17 @@ def test_mismatched_keyframe_batches_are_named(comfy_server):
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
-def test_frontend_loads_shipped_workflow_without_errors(comfy_frontend, workflow):
+def test_frontend_loads_shipped_workflow_without_errors_and_no_node_covers_another(comfy_frontend, workflow):
     # The pruned workflow's CLIP files may be staged after the page read its node list.
     check_combos = "pruned" not in workflow.name
     assert comfy_frontend.load_workflow(workflow, check_combo_values=check_combos) == []
+    boxes = comfy_frontend.node_boxes()
+    assert len(boxes) == len(json.loads(workflow.read_text())["nodes"])
+    overlaps = [
+        (a, b) for (a, (ax, ay, aw, ah)), (b, (bx, by, bw, bh)) in itertools.combinations(boxes.items(), 2)
+        if ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+    ]
+    assert overlaps == [], f"nodes drawn over each other: {overlaps}"
 
 
 def test_workflow_templates_are_served(comfy_server):
@@ -342,9 +375,9 @@ def test_our_conversion_equals_the_frontends_own(comfy_server, comfy_frontend, w
 
 
 NEGATIVE_IMAGE_SCRIPT = """
-    from tc_pack.tooncrafter_core import pipeline
+    from tc_pack.tooncrafter_core import conditioning
     visual = handle.vision.model.model.visual
-    zero, calls = pipeline.negative_pixels(handle.config.vision), []
+    zero, calls = conditioning.negative_pixels(handle.config.vision), []
     forward = visual.forward
     visual.forward = lambda x: calls.append("zero" if torch.allclose(x.float().cpu(), zero, atol=1e-2) else x.shape[0]) or forward(x)
     g = torch.Generator().manual_seed(0)

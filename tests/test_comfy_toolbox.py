@@ -5,12 +5,8 @@ and nothing is silently ignored."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from comfy_harness import in_process_script
+from comfy_harness import run_in_comfy
 from toolbox_cases import APPLIES, CASES, NOT_APPLICABLE, REFUSED
 
 # A node that applies moves the tiny fixture's latents by far more than this (the smallest, ModelComputeDtype
@@ -35,11 +31,7 @@ MATRIX = """
 
 @pytest.fixture(scope="module")
 def matrix() -> dict:
-    proc = subprocess.run([sys.executable, "-c", in_process_script(MATRIX)], capture_output=True, text=True,
-                          cwd="/tmp", timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULTS "))
-    return json.loads(line[len("RESULTS "):])
+    return run_in_comfy(MATRIX, timeout=1800)
 
 
 def _model_in_and_out(info: dict) -> bool:

@@ -67,7 +67,7 @@ def test_the_negative_context_goes_through_the_encoders_once_per_model(tmp_path)
     batches) encode only their positives."""
     from helpers import gradient_keyframes, relative_error, tiny_checkpoint
 
-    from tooncrafter_core import pipeline
+    from tooncrafter_core import conditioning
     from tooncrafter_core.weights.checkpoint import load_model
 
     model = load_model(tiny_checkpoint(tmp_path), dtype=torch.float32)
@@ -76,14 +76,15 @@ def test_the_negative_context_goes_through_the_encoders_once_per_model(tmp_path)
     visual.forward = lambda x: batches.append(x.shape[0]) or forward(x)
     start, _ = gradient_keyframes()
     with torch.inference_mode():
-        first = pipeline.contexts(model, start, ["a"], True, "cpu", torch.float32)
-        second = pipeline.contexts(model, torch.cat([start, start.flip(-1)]), ["a", "b"], True, "cpu", torch.float32)
+        first = conditioning.contexts(model, start, ["a"], True, "cpu", torch.float32)
+        second = conditioning.contexts(model, torch.cat([start, start.flip(-1)]), ["a", "b"], True, "cpu", torch.float32)
         fresh = load_model(tiny_checkpoint(tmp_path / "again"), dtype=torch.float32)
-        text = pipeline.encode_prompts(fresh.cond_stage_model, [""], "cpu", torch.float32)
-        _, image = pipeline.unconditional_image_context(fresh.embedder, fresh.image_proj_model, 1, "cpu", torch.float32)
-        again = pipeline.contexts(model, start, ["a"], True, "cpu", torch.float32)
+        text = conditioning.encode_prompts(fresh.cond_stage_model, [""], "cpu", torch.float32)
+        _, image = conditioning.negative_image_context(fresh.embedder.model.visual, fresh.image_proj_model,
+                                                       fresh.config.vision, "cpu", torch.float32)
+        again = conditioning.contexts(model, start, ["a"], True, "cpu", torch.float32)
     assert batches == [1, 1, 2, 1]  # the zero image, the positive, then positives alone
     assert second[1].shape[0] == 2 and torch.equal(second[1][0], first[1][0]) and torch.equal(second[1][1], first[1][0])
-    assert relative_error(first[1], pipeline.join_context(text, image)) < 1e-5
+    assert relative_error(first[1], conditioning.join_context(text, image)) < 1e-5
     assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1])
     assert relative_error(second[0][:1], first[0]) < 1e-5

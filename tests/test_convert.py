@@ -148,7 +148,7 @@ def test_cli_names_the_dtype_option_on_overflow(ckpt, tmp_path, caplog, monkeypa
 def test_overflow_is_checked_every_few_steps_and_at_the_last():
     from tooncrafter_core.models.config import ScheduleConfig
     from tooncrafter_core.models.schedule import Schedule
-    from tooncrafter_core.sampling import FINITE_CHECK_EVERY, VDenoiser, ddim_plan, sample_ddim
+    from tooncrafter_core.sampling import FINITE_CHECK_EVERY, Denoiser, ddim_plan, sample_ddim
 
     schedule = Schedule.from_config(ScheduleConfig())
     plan = ddim_plan(schedule, 8, "uniform_trailing", 0.0)
@@ -162,7 +162,7 @@ def test_overflow_is_checked_every_few_steps_and_at_the_last():
 
         seen = []
         try:
-            sample_ddim(VDenoiser(net, schedule), torch.randn(1, 4, 2, 8, 8), plan, callback=lambda i, x, x0: seen.append(i))
+            sample_ddim(Denoiser(net, schedule), torch.randn(1, 4, 2, 8, 8), plan, callback=lambda i, x, x0: seen.append(i))
         except SamplingOverflowError as e:
             return seen, e.step
         return seen, None

@@ -10,9 +10,10 @@ from helpers import REPO, gradient_keyframes, tiny_checkpoint
 from PIL import Image
 
 from tooncrafter_core import frames
+from tooncrafter_core.errors import InputError
 from tooncrafter_core.models.config import ScheduleConfig
 from tooncrafter_core.models.schedule import Schedule
-from tooncrafter_core.pipeline import InputError, interpolate
+from tooncrafter_core.pipeline import interpolate
 from tooncrafter_core.sampling import GuidedModel, ddim_plan, ddim_timesteps, ddim_update
 from tooncrafter_core.settings import SamplingConfig
 from tooncrafter_core.weights.checkpoint import load_model
@@ -57,7 +58,7 @@ def test_cli_reports_a_missing_keyframe_clearly(tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )
     assert proc.returncode == 2
-    assert "cannot read keyframe image" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cannot read image" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_interpolate_is_seeded_and_keeps_the_keyframes_apart(tiny_model):
@@ -196,7 +197,7 @@ def test_fit_methods_produce_the_requested_size():
 def test_decode_chunking_is_exact_with_one_chunk(tiny_model):
     vae = tiny_model.vae
     start, end = gradient_keyframes()
-    from tooncrafter_core.pipeline import encode_keyframes
+    from tooncrafter_core.keyframes import encode_keyframes
 
     with torch.inference_mode():
         enc = encode_keyframes(vae, start, end)
@@ -240,7 +241,7 @@ def test_cli_reads_the_unet_after_dropping_the_encoders_and_draws_what_interpola
     """The CLI conditions first, drops the text and image encoders, and only then reads the UNet
     (peak memory: never both); the frames are still `interpolate`'s with the same seed."""
     from tooncrafter_core.__main__ import main
-    from tooncrafter_core.commands import interpolate as command
+    from tooncrafter_core.commands import common as command
 
     ckpt = tiny_checkpoint(tmp_path / "models")
     _draw(tmp_path / "a.png", (220, 30, 30), (5, 5, 40, 40))

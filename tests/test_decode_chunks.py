@@ -211,7 +211,7 @@ NODE_SCRIPT = textwrap.dedent(
     from tc_pack.nodes import managed_model as tc_model
     from tc_pack.nodes.decoder import ToonCrafterDecode
     from tc_pack.nodes.types import KEYFRAMES_KEY
-    from tc_pack.tooncrafter_core import frames, pipeline
+    from tc_pack.tooncrafter_core import decoding, frames, keyframes
     from tc_pack.tooncrafter_core.models.vae import decode_memory_bytes
 
     case = Path({case!r})
@@ -223,7 +223,7 @@ NODE_SCRIPT = textwrap.dedent(
     assert handle.vae_dtype == torch.float32
     rec = load_file(case / "reference.safetensors")
     refs = [rec[f"ref_hidden_{{i}}"] for i in range(5)]
-    latent = {{"samples": rec["samples"], KEYFRAMES_KEY: pipeline.KeyframeEncoding(rec["vae_mean"], rec["vae_logvar"], refs)}}
+    latent = {{"samples": rec["samples"], KEYFRAMES_KEY: keyframes.KeyframeEncoding(rec["vae_mean"], rec["vae_logvar"], refs)}}
     shape = (handle.config.vae, 1, 16, 32, 64, torch.float32)
 
     requests = []
@@ -245,7 +245,7 @@ NODE_SCRIPT = textwrap.dedent(
     # Plenty of memory: the whole clip in one call, as the core decodes it.
     auto = node_frames()
     with torch.inference_mode():
-        _, video = pipeline.decode(handle.vae.model, rec["samples"], refs, True)
+        _, video = decoding.decode(handle.vae.model, rec["samples"], refs, True)
     core = frames.from_model(video)[0].permute(1, 2, 3, 0)
     assert torch.equal(auto, core), (auto - core).abs().max()
     assert requests[-1] == {{"memory_required": decode_memory_bytes(*shape), "minimum_memory_required": decode_memory_bytes(*shape, 1)}}, requests[-1]

@@ -62,7 +62,7 @@ def test_help_lists_every_verb(capsys):
         parser.parse_args(["--help"])
     assert e.value.code == 0
     listed = capsys.readouterr().out
-    for name in ("interpolate", "convert", "evaluate", "batch", "replay", "train-lora", "distill"):
+    for name in ("interpolate", "animate", "colorize", "convert", "evaluate", "batch", "replay", "train-lora", "distill"):
         assert name in verbs and name in listed
 
 

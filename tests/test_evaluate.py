@@ -17,7 +17,7 @@ from helpers import random_lora, save_peft_lora, tiny_checkpoint
 from PIL import Image, ImageDraw
 from skimage.metrics import structural_similarity
 
-from tooncrafter_core import datasets, frames
+from tooncrafter_core import datasets, frames, metrics
 from tooncrafter_core.__main__ import main
 from tooncrafter_core.commands import evaluate
 from tooncrafter_core.pipeline import interpolate
@@ -151,7 +151,7 @@ def test_wide_frame2_is_fitted_like_the_keyframes(single, triplets):
 def test_lpips_is_a_distance_or_unavailable_with_the_reason_logged(single):
     out, messages = single
     values = {r["lpips"] for r in _csv(out / "scores.csv")}
-    if values == {evaluate.UNAVAILABLE}:
+    if values == {metrics.UNAVAILABLE}:
         assert any(m.startswith("LPIPS unavailable: ") for m in messages)
         assert "LPIPS unavailable" in (out / "summary.md").read_text()
     else:
@@ -251,7 +251,7 @@ def test_lpips_offline_is_unavailable_with_a_reason(monkeypatch, caplog):
 
     monkeypatch.setattr(lpips, "LPIPS", offline)
     with caplog.at_level(logging.WARNING, logger="tooncrafter_core"):
-        metric = evaluate.LpipsMetric()
+        metric = metrics.LpipsMetric()
     image = np.zeros((SIZE, SIZE, 3), np.uint8)
     assert metric(image, image) is None
     assert "AlexNet weights could not be loaded" in metric.reason and "URLError" in caplog.text
@@ -269,7 +269,7 @@ def test_lpips_gets_images_in_minus_one_to_one(monkeypatch):
 
     monkeypatch.setattr(lpips, "LPIPS", lambda **kwargs: Fake())
     black, white = np.zeros((SIZE, SIZE, 3), np.uint8), np.full((SIZE, SIZE, 3), 255, np.uint8)
-    assert evaluate.LpipsMetric()(black, white) == pytest.approx(2.0)
+    assert metrics.LpipsMetric()(black, white) == pytest.approx(2.0)
     a, b = seen[0]
     assert a.shape == (1, 3, SIZE, SIZE) and a.min() == -1.0 and b.max() == 1.0
 

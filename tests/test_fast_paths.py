@@ -11,18 +11,12 @@ from helpers import full_size_unet_uninitialised, tiny_checkpoint
 from helpers import relative_error as rel
 from torch import nn
 
+from tooncrafter_core.conditioning import contexts, encode_prompts, image_context, join_context, negative_image_context
 from tooncrafter_core.models import ops
 from tooncrafter_core.models.attention import CrossAttention
-from tooncrafter_core.models.unet_call import FrameContext
 from tooncrafter_core.models.unet import UNetModel
-from tooncrafter_core.pipeline import (
-    contexts,
-    encode_prompts,
-    image_context,
-    interpolate,
-    join_context,
-    unconditional_image_context,
-)
+from tooncrafter_core.models.unet_call import FrameContext
+from tooncrafter_core.pipeline import interpolate
 from tooncrafter_core.runtime import prepare
 from tooncrafter_core.settings import RuntimeOptions, SamplingConfig
 from tooncrafter_core.weights.checkpoint import load_model
@@ -88,7 +82,9 @@ def test_batched_encoders_equal_separate_calls(tiny_path):
         text = encode_prompts(model.cond_stage_model, prompts, "cpu", torch.float32)
         text_u = encode_prompts(model.cond_stage_model, ["", ""], "cpu", torch.float32)
         _, img = image_context(model.embedder, model.image_proj_model, start)
-        _, img_u = unconditional_image_context(model.embedder, model.image_proj_model, 2, "cpu", torch.float32)
+        _, img_u = negative_image_context(model.embedder.model.visual, model.image_proj_model, model.config.vision, "cpu",
+                                          torch.float32)
+        img_u = img_u.expand(2, -1, -1)
     assert rel(pos, join_context(text, img)) < 1e-5
     assert rel(neg, join_context(text_u, img_u)) < 1e-5
 

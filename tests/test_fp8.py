@@ -20,11 +20,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from tooncrafter_core.guidance import unet_output
 from tooncrafter_core.models.config import ModelConfig
 from tooncrafter_core.models.ops import CastWeights
 from tooncrafter_core.models.tooncrafter import ToonCrafter
 from tooncrafter_core.models.unet import UNetModel
-from tooncrafter_core.pipeline import interpolate, unet_v
+from tooncrafter_core.pipeline import interpolate
 from tooncrafter_core.settings import SamplingConfig
 from tooncrafter_core.weights.checkpoint import UNET_PREFIX, load_model, load_state_into, read_state_dict
 
@@ -55,7 +56,7 @@ def _run(model: ToonCrafter) -> tuple[torch.Tensor, torch.Tensor]:
     """(UNet output at the recorded inputs of the tiny case, a 4-step interpolate), fp32 compute."""
     ref = load_file(str(TINY / "reference.safetensors"))
     with torch.inference_mode():
-        v = unet_v(model.unet, ref["unet_x"], ref["unet_t"].long(), ref["context_cond"], ref["c_concat"], torch.tensor([10]))
+        v = unet_output(model.unet, ref["unet_x"], ref["unet_t"].long(), ref["context_cond"], ref["c_concat"], torch.tensor([10]))
     start, end = gradient_keyframes()
     video = interpolate(model, start, end, "a cat waves", SamplingConfig(steps=4), generator=torch.Generator().manual_seed(3))
     return v, video
@@ -95,7 +96,7 @@ def test_fp8_unet_computes_exactly_what_fp32_computes_with_the_rounded_weights(t
     ref = load_file(str(TINY / "reference.safetensors"))
     args = (ref["unet_x"], ref["unet_t"].long(), ref["context_cond"], ref["c_concat"], torch.tensor([10]))
     with torch.inference_mode():
-        torch.testing.assert_close(unet_v(stored.unet, *args), unet_v(rounded.unet, *args), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(unet_output(stored.unet, *args), unet_output(rounded.unet, *args), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

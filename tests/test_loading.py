@@ -153,7 +153,7 @@ def test_unreadable_and_missing_files_get_clear_errors(tmp_path):
 def test_foreign_checkpoint_is_not_mistaken_for_tooncrafter(tmp_path):
     path = tmp_path / "sd15.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(path))
-    with pytest.raises(CheckpointError, match="sd15.safetensors is not a ToonCrafter checkpoint"):
+    with pytest.raises(CheckpointError, match="sd15.safetensors is not a ToonCrafter or DynamiCrafter checkpoint"):
         load_model(path)
 
 

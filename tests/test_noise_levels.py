@@ -9,12 +9,12 @@ import pytest
 import torch
 from helpers import gradient_keyframes, relative_error, tiny_checkpoint
 
-from tooncrafter_core import pipeline
+from tooncrafter_core import conditioning, guidance, keyframes
 from tooncrafter_core.models.config import ScheduleConfig
 from tooncrafter_core.models.schedule import Schedule
 from tooncrafter_core.noise_levels import NoiseLevels
 from tooncrafter_core.sampling import (
-    VDenoiser,
+    Denoiser,
     ddim_plan,
     ddim_timesteps,
     level_guidance,
@@ -61,7 +61,7 @@ def test_denoised_and_v_are_inverse_and_split_gives_x0_and_eps():
     sigma = LEVELS.table[[50, 600]]
     x, v = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 4, 3, 4, 4, generator=g)
     d = LEVELS.denoised(sigma, x, v)
-    assert relative_error(LEVELS.v_from_denoised(sigma, x, d), v) < 1e-5
+    assert relative_error(LEVELS.output_from_denoised(sigma, x, d), v) < 1e-5
     x0, eps = LEVELS.split(sigma, x, d)
     # the original's relations: x_t = sqrt(ᾱ)·s·x0 + sqrt(1-ᾱ)·eps with eps = sqrt(1-ᾱ)·x_t + sqrt(ᾱ)·v
     c = LEVELS.coefficients(sigma)
@@ -77,8 +77,8 @@ def tiny(tmp_path_factory):
     model = load_model(tiny_checkpoint(tmp_path_factory.mktemp("ckpt")), dtype=torch.float32)
     start, end = gradient_keyframes()
     with torch.inference_mode():
-        context, uncond = pipeline.contexts(model, start, ["a ball"], True, "cpu", torch.float32)
-        enc = pipeline.encode_keyframes(model.vae, start, end)
+        context, uncond = conditioning.contexts(model, start, ["a ball"], True, "cpu", torch.float32)
+        enc = keyframes.encode_keyframes(model.vae, start, end)
     return model, context, uncond, enc
 
 
@@ -87,21 +87,21 @@ def _core_and_levels(tiny, steps, spacing, eta, rescale=0.7, seed=5):
     model, context, uncond, enc = tiny
     levels = NoiseLevels(model.schedule)
     generator = torch.Generator().manual_seed(seed)
-    concat, x_T = pipeline.initial_latents(enc, model.config.frames, model.config, generator, "cpu")
-    cond = pipeline.Conditioning(context, uncond, concat, torch.tensor([10]))
+    concat, x_T = keyframes.initial_latents(enc, model.config.frames, model.config, generator, "cpu")
+    cond = guidance.Conditioning(context, uncond, concat, torch.tensor([10]))
     sampling = SamplingConfig(steps=steps, eta=eta, guidance_rescale=rescale, timestep_spacing=spacing)
-    guided = pipeline.guided_model(model.unet, cond, sampling)
+    guided = guidance.guided_model(model.unet, cond, sampling)
     plan = ddim_plan(model.schedule, steps, spacing, eta)
     state = torch.Generator()
     state.set_state(generator.get_state())
     with torch.inference_mode():
-        core = sample_ddim(VDenoiser(guided, model.schedule), x_T, plan, generator=generator)
+        core = sample_ddim(Denoiser(guided, model.schedule), x_T, plan, generator=generator)
 
         def denoiser(x, sigma):
             both = torch.cat([x, x])
-            network = pipeline.concat_network(model.unet, torch.cat([context, uncond]), torch.cat([concat, concat]),
+            network = guidance.concat_network(model.unet, torch.cat([context, uncond]), torch.cat([concat, concat]),
                                               torch.tensor([10, 10]))
-            d = pipeline.level_denoised(network, levels, torch.cat([sigma, sigma]), both)
+            d = guidance.level_denoised(network, levels, torch.cat([sigma, sigma]), both)
             return level_guidance(levels, sigma, x, *d.chunk(2), sampling.cfg_scale, rescale)
 
         sigmas = levels.ddim_sigmas(ddim_timesteps(steps, spacing))
@@ -131,11 +131,11 @@ def test_euler_over_levels_is_ddim_eta_0_ending_at_t0s_scale(tiny):
     plan[-1] = dataclasses.replace(plan[-1], rescale=float(scale[0] / scale[plan[-1].t]))
     _, context, uncond, enc = tiny
     generator = torch.Generator().manual_seed(5)
-    concat, x_T = pipeline.initial_latents(enc, model.config.frames, model.config, generator, "cpu")
-    guided = pipeline.guided_model(model.unet, pipeline.Conditioning(context, uncond, concat, torch.tensor([10])),
+    concat, x_T = keyframes.initial_latents(enc, model.config.frames, model.config, generator, "cpu")
+    guided = guidance.guided_model(model.unet, guidance.Conditioning(context, uncond, concat, torch.tensor([10])),
                                    SamplingConfig(steps=6, eta=0.0))
     with torch.inference_mode():
-        to_t0 = sample_ddim(VDenoiser(guided, model.schedule), x_T, plan)
+        to_t0 = sample_ddim(Denoiser(guided, model.schedule), x_T, plan)
     assert relative_error(euler, to_t0) < 2e-5
     assert relative_error(euler, core) > 0.01  # the original's last step is not an Euler step (6 steps: s = 0.87)
 
@@ -147,6 +147,6 @@ def test_level_guidance_rescales_the_v_of_the_guided_prediction():
     v_c, v_u = torch.randn(2, 4, 3, 4, 4, generator=g), torch.randn(2, 4, 3, 4, 4, generator=g)
     d = level_guidance(LEVELS, sigma, x, LEVELS.denoised(sigma, x, v_c), LEVELS.denoised(sigma, x, v_u), 7.5, 0.7)
     expected = rescale_guidance(v_u + 7.5 * (v_c - v_u), v_c, 0.7)
-    assert relative_error(LEVELS.v_from_denoised(sigma, x, d), expected) < 1e-5
+    assert relative_error(LEVELS.output_from_denoised(sigma, x, d), expected) < 1e-5
     cond = LEVELS.denoised(sigma, x, v_c)
     assert torch.equal(level_guidance(LEVELS, sigma, x, cond, cond * 0, 1.0, 0.7), cond)

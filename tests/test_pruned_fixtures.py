@@ -28,7 +28,8 @@ from pruned_fixtures import (
 )
 from safetensors import safe_open
 
-from tooncrafter_core.pipeline import check_vision_tokens, external_text_context, join_context, unet_v
+from tooncrafter_core.conditioning import check_vision_tokens, external_text_context, join_context
+from tooncrafter_core.guidance import unet_output
 from tooncrafter_core.weights.checkpoint import TEXT_PREFIX, VISION_PREFIX, load_model
 
 
@@ -188,7 +189,7 @@ def test_comfyui_encoders_feed_the_tiny_pruned_model(text_features, vision_token
         context = join_context(text.float(), image)
         frames, (h, w) = config.frames, (8, 8)
         x = torch.randn(1, config.unet.out_channels, frames, h, w, generator=torch.Generator().manual_seed(2))
-        v = unet_v(model.unet, x, torch.tensor([500]), context, torch.zeros_like(x), torch.tensor([10]))
+        v = unet_output(model.unet, x, torch.tensor([500]), context, torch.zeros_like(x), torch.tensor([10]))
     n_image = config.resampler.num_queries * config.resampler.video_length
     assert context.shape == (1, config.unet.text_tokens + n_image, config.unet.context_dim)
     assert v.shape == x.shape and torch.isfinite(v).all()

@@ -8,8 +8,10 @@ import torch
 from helpers import tiny_checkpoint
 from PIL import Image
 
-from tooncrafter_core import pipeline
-from tooncrafter_core.pipeline import InputError, interpolate, interpolate_sequence, sequence_length
+from tooncrafter_core import sequences
+from tooncrafter_core.errors import InputError
+from tooncrafter_core.pipeline import interpolate
+from tooncrafter_core.sequences import interpolate_sequence, sequence_length
 from tooncrafter_core.settings import SamplingConfig
 from tooncrafter_core.weights.checkpoint import load_model
 
@@ -78,7 +80,7 @@ def test_sequence_inputs_are_checked_before_anything_runs(model):
         interpolate_sequence(model, _keyframes(3), ["a", "b", "c"], SAMPLING)
     with pytest.raises(InputError, match=r"keyframes must be \(n, 3, height, width\)"):
         interpolate_sequence(model, _keyframes(2)[0], "", SAMPLING)
-    assert pipeline.segment_pairs(3, loop=True) == [(0, 1), (1, 2), (2, 0)]
+    assert sequences.segment_pairs(3, loop=True) == [(0, 1), (1, 2), (2, 0)]
 
 
 def _write(folder, names):

@@ -15,9 +15,11 @@ from helpers import REFERENCE, REPO, TINY, gradient_keyframes, relative_error, t
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
+from tooncrafter_core.errors import InputError
+from tooncrafter_core.guidance import Conditioning, sample
 from tooncrafter_core.models.config import from_original_yaml
 from tooncrafter_core.models.sketch_encoder import SketchEncoder, SketchEncoderConfig, controls
-from tooncrafter_core.pipeline import Conditioning, InputError, interpolate, sample
+from tooncrafter_core.pipeline import interpolate
 from tooncrafter_core.settings import SamplingConfig
 from tooncrafter_core.sketches import SketchGuide, place_sketches, sketch_hint
 from tooncrafter_core.weights import catalog

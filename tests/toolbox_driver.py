@@ -13,8 +13,9 @@ BASE_SAMPLING = {"steps": 3, "cfg": 7.5, "sampler_name": "euler", "scheduler": "
 
 
 def node_class(name: str):
-    import nodes
     from tc_pack.nodes import NODES
+
+    import nodes
 
     ours = {cls.define_schema().node_id: cls for cls in NODES}
     return ours[name] if name in ours else nodes.NODE_CLASS_MAPPINGS[name]

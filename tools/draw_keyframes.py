@@ -55,6 +55,29 @@ def sketch(cx: int, cy: int, arms_up: bool) -> Image.Image:
     return im
 
 
+def scene_lines(cx: int, cy: int, arms_up: bool, blink: bool, sun_x: int) -> Image.Image:
+    """`draw`'s scene as an inker exports it for colouring: the same lines on a transparent layer."""
+    im = Image.new("RGBA", (W, H), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    d.ellipse((sun_x - 30, 20, sun_x + 30, 80), outline=INK, width=3)
+    d.polygon([(0, 250), (140, 190), (300, 240), (420, 200), (W, 235), (W, H), (0, H)], outline=INK)
+    d.line((0, 268, W, 268), fill=INK, width=1)
+    _character(d, cx, cy, arms_up, blink, line_art=True)
+    return im
+
+
+# The colorize workflow's shot: a jump over 25 frames, coloured at frames 0, 12 and 24.
+COLORIZE_FRAMES = 25
+COLORIZE_KEYS = (0, 12, 24)
+
+
+def jump(frame: int) -> dict:
+    """The pose of the colorize shot's frame `frame`: up and to the right, arms up from frame 8."""
+    s = frame / (COLORIZE_FRAMES - 1)
+    return dict(cx=round(150 + 190 * s), cy=round(190 - 160 * s * (1 - s) - 60 * s), arms_up=frame >= 8,
+                blink=frame >= 22, sun_x=round(400 + 20 * s))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -67,7 +90,12 @@ def main() -> None:
         "tooncrafter_sketch_05.png": sketch(205, 120, arms_up=False),
         "tooncrafter_sketch_10.png": sketch(280, 100, arms_up=True),
     }
+    for frame in range(COLORIZE_FRAMES):
+        frames[f"tooncrafter_colorize_lines/line_{frame:03d}.png"] = scene_lines(**jump(frame))
+    for frame in COLORIZE_KEYS:
+        frames[f"tooncrafter_colorize_key_{frame:02d}.png"] = draw(**jump(frame))
     for name, im in frames.items():
+        (OUT / name).parent.mkdir(parents=True, exist_ok=True)
         im.save(OUT / name, optimize=True)
         logging.info("wrote %s", OUT / name)
 

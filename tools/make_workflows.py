@@ -20,12 +20,15 @@ OUT = ROOT / "workflows"
 KEYFRAMES = OUT / "keyframes"
 
 FULL_CKPT = "tooncrafter_512_interp-fp16.safetensors"
+DC_I2V_CKPT = "dynamicrafter_512.ckpt"
+DC_INTERP_CKPT = "dynamicrafter_512_interp.ckpt"
 PRUNED_CKPT = "tooncrafter_512_interp-pruned-fp16.safetensors"
 TEXT_ENCODER = "open_clip_vit_h_text.safetensors"
 CLIP_VISION = "clip_vision_h.safetensors"
 SKETCH_ENCODER = "sketch_encoder-fp16.safetensors"
 SKETCH_FRAMES = (5, 10)
 PROMPT = "a cheerful cartoon ball character jumps up and waves, flat colors, clean line art"
+DC_PROMPT = "a cheerful cartoon ball character bounces and waves"
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Graph:
         if note:
             nodes.append(
                 {
-                    "id": len(self.nodes) + 1,
+                    "id": max(n.id for n in self.nodes) + 1,
                     "type": "Note",
                     "pos": [20, -180],
                     "size": [560, 150],
@@ -98,7 +101,7 @@ class Graph:
                 }
             )
         return {
-            "last_node_id": len(nodes),
+            "last_node_id": max(n["id"] for n in nodes),
             "last_link_id": len(self.links),
             "nodes": nodes,
             "links": self.links,
@@ -111,21 +114,22 @@ class Graph:
 
 MODEL_T = ("model", "TOONCRAFTER_MODEL")
 LOADER_OUTPUTS = [MODEL_T, ("MODEL", "MODEL"), ("CLIP", "CLIP")]
-# The fewest steps at which a stock sampler matched DDIM-50's error in docs/native-model.md.
-FAST_SAMPLER, FAST_SCHEDULER, FAST_STEPS = "ipndm", "beta", 16
+# docs/native-model.md: ipndm/beta matched DDIM-50's error at 16 steps on the tiny fixture and at 25 on the
+# full-size architecture, which is what users run.
+FAST_SAMPLER, FAST_SCHEDULER, FAST_STEPS = "ipndm", "beta", 25
 
 
 def _pipeline(ckpt: str, weight_dtype: str, steps: int, chunk: int, second_decode: bool, with_clip: bool) -> Graph:
     g = Graph()
     model_t = MODEL_T
-    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [ckpt, weight_dtype, False], LOADER_OUTPUTS,
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [ckpt, weight_dtype, "auto", False], LOADER_OUTPUTS,
                         title="Load ToonCrafter Model"))
-    start = g.add(Node(2, "LoadImage", (20, 200), ["tooncrafter_start.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    start = g.add(Node(2, "LoadImage", (20, 240), ["tooncrafter_start.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
                        title="Start keyframe", size=(300, 320)))
-    end = g.add(Node(3, "LoadImage", (20, 560), ["tooncrafter_end.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    end = g.add(Node(3, "LoadImage", (20, 620), ["tooncrafter_end.png", "image"], [("IMAGE", "IMAGE"), ("MASK", "MASK")],
                      title="End keyframe", size=(300, 320)))
     cond_inputs = [model_t, ("start_image", "IMAGE"), ("end_image", "IMAGE"), ("clip", "CLIP"), ("clip_vision", "CLIP_VISION")]
-    cond = g.add(Node(4, "ToonCrafterConditioning", (380, 20), [PROMPT, "", 10, 512, 320, "crop", 0],
+    cond = g.add(Node(4, "ToonCrafterConditioning", (380, 20), [PROMPT, "", 10, 512, 320, "crop", 0, 0.0],
                       [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")], cond_inputs,
                       size=(400, 420)))
     sampler = g.add(Node(5, "ToonCrafterSampler", (820, 20), [123, "fixed", steps, 7.5, 1.0, 0.7, "uniform_trailing"],
@@ -149,9 +153,9 @@ def _pipeline(ckpt: str, weight_dtype: str, steps: int, chunk: int, second_decod
     g.link(decode, 0, video, "images")
     g.link(video, 0, save, "video")
     if with_clip:
-        clip = g.add(Node(9, "CLIPLoader", (20, 920), [TEXT_ENCODER, "stable_diffusion", "default"], [("CLIP", "CLIP")],
+        clip = g.add(Node(9, "CLIPLoader", (20, 1000), [TEXT_ENCODER, "stable_diffusion", "default"], [("CLIP", "CLIP")],
                           title="OpenCLIP ViT-H text encoder"))
-        vision = g.add(Node(10, "CLIPVisionLoader", (20, 1080), [CLIP_VISION], [("CLIP_VISION", "CLIP_VISION")],
+        vision = g.add(Node(10, "CLIPVisionLoader", (20, 1180), [CLIP_VISION], [("CLIP_VISION", "CLIP_VISION")],
                             title="OpenCLIP ViT-H-14 vision"))
         g.link(clip, 0, cond, "clip")
         g.link(vision, 0, cond, "clip_vision")
@@ -162,10 +166,10 @@ def _sequence() -> Graph:
     g = Graph()
     model_t = ("model", "TOONCRAFTER_MODEL")
     image_t = ("IMAGE", "IMAGE")
-    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [FULL_CKPT, "auto", False], LOADER_OUTPUTS,
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [FULL_CKPT, "auto", "auto", False], LOADER_OUTPUTS,
                         title="Load ToonCrafter Model"))
     loads = [
-        g.add(Node(2 + i, "LoadImage", (20, 200 + 360 * i), [f"tooncrafter_{name}.png", "image"], [image_t, ("MASK", "MASK")],
+        g.add(Node(2 + i, "LoadImage", (20, 240 + 380 * i), [f"tooncrafter_{name}.png", "image"], [image_t, ("MASK", "MASK")],
                    title=f"Keyframe {i + 1}", size=(300, 320)))
         for i, name in enumerate(("start", "middle", "end"))
     ]
@@ -174,7 +178,8 @@ def _sequence() -> Graph:
     both = g.add(Node(6, "ImageBatch", (360, 420), [], [image_t], batch_inputs, title="Batch keyframes 1+2+3", size=(220, 60)))
     seq_inputs = [model_t, ("keyframes", "IMAGE"), ("clip", "CLIP"), ("clip_vision", "CLIP_VISION")]
     seq = g.add(Node(7, "ToonCrafterSequence", (620, 20),
-                     [PROMPT, "", 10, 512, 320, "crop", 0, False, 123, "fixed", 50, 7.5, 1.0, 0.7, "uniform_trailing", 0, True],
+                     [PROMPT, "", 10, 512, 320, "crop", 0, False, 123, "fixed", 50, 7.5, 1.0, 0.7, "uniform_trailing", 0, True,
+                      0],
                      [("frames", "IMAGE")], seq_inputs, size=(400, 640)))
     video = g.add(Node(8, "CreateVideo", (1060, 20), [8], [("VIDEO", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO")]))
     save = g.add(Node(9, "SaveVideo", (1060, 200), ["video/tooncrafter_sequence", "auto", "auto"], [], [("video", "VIDEO")],
@@ -199,16 +204,16 @@ def _sketch() -> Graph:
     for link_id, link in enumerate(g.links, start=1):
         link[0] = link_id
     image_t = ("IMAGE", "IMAGE")
-    encoder = g.add(Node(9, "ToonCrafterSketchEncoderLoader", (20, 920), [SKETCH_ENCODER],
+    encoder = g.add(Node(9, "ToonCrafterSketchEncoderLoader", (20, 1000), [SKETCH_ENCODER],
                          [("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER")], title="Load ToonCrafter Sketch Encoder"))
     sketches = [
-        g.add(Node(10 + i, "LoadImage", (380 + 320 * i, 520), [f"tooncrafter_sketch_{n:02d}.png", "image"],
+        g.add(Node(10 + i, "LoadImage", (380 + 320 * i, 580), [f"tooncrafter_sketch_{n:02d}.png", "image"],
                    [image_t, ("MASK", "MASK")], title=f"Sketch for frame {n}", size=(300, 320)))
         for i, n in enumerate(SKETCH_FRAMES)
     ]
-    batch = g.add(Node(12, "ImageBatch", (380, 880), [], [image_t], [("image1", "IMAGE"), ("image2", "IMAGE")],
+    batch = g.add(Node(12, "ImageBatch", (380, 960), [], [image_t], [("image1", "IMAGE"), ("image2", "IMAGE")],
                        title="Batch sketches", size=(220, 60)))
-    apply = g.add(Node(13, "ToonCrafterApplySketch", (820, 560), [", ".join(map(str, SKETCH_FRAMES)), 0.6, "crop"],
+    apply = g.add(Node(13, "ToonCrafterApplySketch", (1180, 700), [", ".join(map(str, SKETCH_FRAMES)), 0.6, "crop"],
                        [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
                        [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"),
                         ("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER"), ("sketches", "IMAGE")],
@@ -247,7 +252,88 @@ def _ksampler() -> Graph:
     g.link(cond, 1, sampler, "negative")
     g.link(cond, 2, sampler, "latent_image")
     g.link(sampler, 0, decode, "latent")
-    decode.pos = (820, 450)
+    decode.pos = (820, 520)
+    return g
+
+
+def _dynamicrafter_i2v() -> Graph:
+    """DynamiCrafter image-to-video: one image -> DynamiCrafter Image Conditioning -> the stock KSampler."""
+    g = _ksampler()
+    nodes = {n.id: n for n in g.nodes}
+    loader, start = nodes[1], nodes[2]
+    loader.widgets = [DC_I2V_CKPT, "fp16", "auto", False]
+    loader.title = "Load DynamiCrafter 512 (image-to-video)"
+    g.nodes = [n for n in g.nodes if n.id not in (3, 4)]
+    g.links = [l for l in g.links if not ({l[1], l[3]} & {3, 4})]
+    image_cond = g.add(Node(4, "DynamiCrafterImageConditioning", (380, 20), [DC_PROMPT, "", 0, 512, 320, "crop", 0],
+                            [("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT")],
+                            [MODEL_T, ("image", "IMAGE"), ("clip", "CLIP"), ("clip_vision", "CLIP_VISION")],
+                            size=(400, 420)))
+    start.title = "First frame"
+    sampler = nodes[5]
+    g.link(loader, 0, image_cond, "model")
+    g.link(start, 0, image_cond, "image")
+    g.link(image_cond, 0, sampler, "positive")
+    g.link(image_cond, 1, sampler, "negative")
+    g.link(image_cond, 2, sampler, "latent_image")
+    for link_id, link in enumerate(g.links, start=1):
+        link[0] = link_id
+    nodes[8].widgets = ["video/dynamicrafter", "auto", "auto"]
+    return g
+
+
+def _dynamicrafter_interp() -> Graph:
+    """DynamiCrafter's 512 interpolation model in the basic graph (its own fs, 5)."""
+    g = _pipeline(DC_INTERP_CKPT, "fp16", 50, 0, True, with_clip=False)
+    nodes = {n.id: n for n in g.nodes}
+    nodes[1].title = "Load DynamiCrafter 512 interpolation"
+    nodes[4].widgets = [DC_PROMPT, "", 0, 512, 320, "crop", 0, 0.0]
+    nodes[8].widgets = ["video/dynamicrafter_interp", "auto", "auto"]
+    return g
+
+
+COLORIZE_LINES = "tooncrafter_colorize_lines"
+COLORIZE_KEYS = (0, 12, 24)
+
+
+def _colorize() -> Graph:
+    """A line-art folder and three coloured keys -> ToonCrafter Colorize -> a video."""
+    g = Graph()
+    image_t = ("IMAGE", "IMAGE")
+    loader = g.add(Node(1, "ToonCrafterModelLoader", (20, 20), [FULL_CKPT, "auto", "auto", False], LOADER_OUTPUTS,
+                        title="Load ToonCrafter Model"))
+    lines = g.add(Node(2, "ToonCrafterLoadLineArt", (20, 250), [COLORIZE_LINES], [("line_art", "IMAGE")],
+                       title="Line art (25 frames)", size=(320, 60)))
+    encoder = g.add(Node(3, "ToonCrafterSketchEncoderLoader", (20, 370), [SKETCH_ENCODER],
+                         [("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER")], title="Load ToonCrafter Sketch Encoder",
+                         size=(320, 60)))
+    keys = [
+        g.add(Node(4 + i, "LoadImage", (20 + 320 * i, 1060), [f"tooncrafter_colorize_key_{k:02d}.png", "image"],
+                   [image_t, ("MASK", "MASK")], title=f"Coloured key, frame {k}", size=(300, 320)))
+        for i, k in enumerate(COLORIZE_KEYS)
+    ]
+    batch_inputs = [("image1", "IMAGE"), ("image2", "IMAGE")]
+    first = g.add(Node(7, "ImageBatch", (20, 490), [], [image_t], batch_inputs, title="Batch keys 0+12", size=(220, 60)))
+    both = g.add(Node(8, "ImageBatch", (20, 600), [], [image_t], batch_inputs, title="Batch keys 0+12+24", size=(220, 60)))
+    colorize_inputs = [MODEL_T, ("sketch_encoder", "TOONCRAFTER_SKETCH_ENCODER"), ("line_art", "IMAGE"), ("keys", "IMAGE"),
+                       ("clip", "CLIP"), ("clip_vision", "CLIP_VISION"), ("line_art_mask", "MASK")]
+    colorize = g.add(Node(9, "ToonCrafterColorize", (380, 20),
+                          [", ".join(map(str, COLORIZE_KEYS)), PROMPT, "", 0, 512, 320, "crop", 123, "fixed", 50, 7.5, 1.0,
+                           0.7, "uniform_trailing", 1.0, 16, False, False, False, 0, True],
+                          [("frames", "IMAGE")], colorize_inputs, size=(420, 980)))
+    video = g.add(Node(10, "CreateVideo", (840, 20), [8], [("VIDEO", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO")]))
+    save = g.add(Node(11, "SaveVideo", (840, 200), ["video/tooncrafter_colorize", "auto", "auto"], [], [("video", "VIDEO")],
+                      size=(420, 420)))
+    g.link(keys[0], 0, first, "image1")
+    g.link(keys[1], 0, first, "image2")
+    g.link(first, 0, both, "image1")
+    g.link(keys[2], 0, both, "image2")
+    g.link(loader, 0, colorize, "model")
+    g.link(encoder, 0, colorize, "sketch_encoder")
+    g.link(lines, 0, colorize, "line_art")
+    g.link(both, 0, colorize, "keys")
+    g.link(colorize, 0, video, "images")
+    g.link(video, 0, save, "video")
     return g
 
 
@@ -277,9 +363,10 @@ WORKFLOWS = {
     ),
     "tooncrafter_ksampler": (
         _ksampler(),
-        f"The stock KSampler on the loader's MODEL: {FAST_SAMPLER} with the {FAST_SCHEDULER} scheduler at {FAST_STEPS} "
-        "steps matched the error of the original's 50 DDIM steps in our measurements (docs/native-model.md), at a "
-        "third of the UNet passes. Any sampler and scheduler work; ToonCrafter Guidance Rescale is the original's 0.7.",
+        f"The stock KSampler on the loader's MODEL: {FAST_SAMPLER} with the {FAST_SCHEDULER} scheduler matched the error "
+        "of the original's 50 DDIM steps at 16 steps on the tiny test model and at 25 on the full-size architecture "
+        f"with random weights (docs/native-model.md), so this uses {FAST_STEPS}: half the UNet passes. Not measured on "
+        "the released weights. Any sampler and scheduler work; ToonCrafter Guidance Rescale is the original's 0.7.",
     ),
     "tooncrafter_sketch": (
         _sketch(),
@@ -287,6 +374,25 @@ WORKFLOWS = {
         "frames get an empty sketch, which still goes through the encoder and steers them too, as in the "
         "reference. The sketch encoder (728 MB) is downloaded into models/controlnet on first "
         "run. Draw your own, list their frames in frame_indices, and set strength (0.6 as the reference app).",
+    ),
+    "tooncrafter_colorize": (
+        _colorize(),
+        "Line art in, colour out: 25 line-art frames (the folder input/tooncrafter_colorize_lines) and keys coloured "
+        "at frames 0, 12 and 24. Between two keys ToonCrafter interpolates them with every frame's lines through the "
+        "sketch encoder; the keys come back exactly as given. The checkpoint (5.3 GB) and the sketch encoder (728 MB) "
+        "are downloaded on first run. Your shot: a folder of line-art PNGs in name order under ComfyUI's input "
+        "folder, a coloured key at least at the first and last frame and every 15 frames, their frames in key_frames.",
+    ),
+    "dynamicrafter_i2v": (
+        _dynamicrafter_i2v(),
+        "DynamiCrafter image-to-video: one image and a prompt, a 16-frame clip that starts from the image, sampled "
+        "by the stock KSampler. The DynamiCrafter 512 release (10.4 GB, fp32, with its encoders) is downloaded into "
+        "models/tooncrafter on first run and kept in fp16. frame_stride 0 is the model's (24 fps for 512).",
+    ),
+    "dynamicrafter_interp": (
+        _dynamicrafter_interp(),
+        "DynamiCrafter's 512 interpolation model: two keyframes, the in-betweens. Its release (10.4 GB) is "
+        "downloaded into models/tooncrafter on first run. frame_stride 0 is the model's (5, as its scripts).",
     ),
 }
 
@@ -313,7 +419,9 @@ def main() -> None:
         path = OUT / f"{name}.json"
         path.write_text(json.dumps(graph.to_json(note), indent=1) + "\n")
         keyframes = {"tooncrafter_sequence": ("start", "middle", "end"),
-                     "tooncrafter_sketch": ("start", "sketch_05", "sketch_10", "end")}.get(name, ("start", "end"))
+                     "tooncrafter_sketch": ("start", "sketch_05", "sketch_10", "end"),
+                     "dynamicrafter_i2v": ("start",),
+                     "tooncrafter_colorize": tuple(f"colorize_key_{k:02d}" for k in COLORIZE_KEYS)}.get(name, ("start", "end"))
         thumbnail(name.replace("_", " "), keyframes).save(OUT / f"{name}.jpg", quality=85)
         logging.info("wrote %s", path)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from .commands import VERBS
-from .pipeline import InputError
+from .errors import InputError
 from .weights.catalog import DownloadError
 from .weights.checkpoint import CheckpointError
 from .weights.lora import LoraError

@@ -121,24 +121,24 @@ class NoiseLevels:
         return x * _per_sample(c.k, x)
 
     def denoised(
-        self, sigma: torch.Tensor, x: torch.Tensor, v: torch.Tensor, c: LevelCoefficients | None = None
+        self, sigma: torch.Tensor, x: torch.Tensor, out: torch.Tensor, c: LevelCoefficients | None = None
     ) -> torch.Tensor:
-        """The network's v prediction at (x, σ) -> D = x0 + σ_0·eps, the point x flows to at σ = 0."""
+        """The network's output (v or ε, the schedule's `Prediction`) at (x, σ) -> D = x0 + σ_0·eps, the
+        point x flows to at σ = 0."""
         c = c or self.coefficients(sigma)
         x_t = x * _per_sample(c.k, x)
         sa, sb = _per_sample(c.sqrt_alpha, x), _per_sample(c.sqrt_one_minus_alpha, x)
-        x0 = (sa * x_t - sb * v) / _per_sample(c.scale, x)
-        eps = sb * x_t + sa * v
-        return x0 + self.sigma_0 * eps
+        x0, eps = self.schedule.prediction.split(x_t, out, sa, sb)
+        return x0 / _per_sample(c.scale, x) + self.sigma_0 * eps
 
-    def v_from_denoised(self, sigma: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
-        """The inverse of `denoised`: the v prediction that gives `denoised` at (x, σ)."""
+    def output_from_denoised(self, sigma: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+        """The inverse of `denoised`: the network output that gives `denoised` at (x, σ)."""
         c = self.coefficients(sigma)
-        sa, sb, scale = c.sqrt_alpha, c.sqrt_one_minus_alpha, c.scale
-        # denoised = A·x_t + B·v with A = sqrt(ᾱ)/s + σ_0·sqrt(1-ᾱ), B = σ_0·sqrt(ᾱ) - sqrt(1-ᾱ)/s;
-        # B vanishes only at σ = 0, where the network is never asked.
-        a_coef = _per_sample(c.k * (sa / scale + self.sigma_0 * sb), x)
-        b_coef = _per_sample(self.sigma_0 * sa - sb / scale, x)
+        p, q, r, u = self.schedule.prediction.coefficients(c.sqrt_alpha, c.sqrt_one_minus_alpha)
+        # denoised = (p·x_t + q·out)/s + σ_0·(r·x_t + u·out) = A·x + B·out with x_t = k·x. For v, B vanishes
+        # only at σ = 0, where the network is never asked.
+        a_coef = _per_sample(c.k * (p / c.scale + self.sigma_0 * r), x)
+        b_coef = _per_sample(q / c.scale + self.sigma_0 * u, x)
         return (denoised - a_coef * x) / b_coef
 
     def split(self, sigma: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

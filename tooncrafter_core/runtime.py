@@ -14,8 +14,6 @@ from .settings import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-_PREPARED = "_tooncrafter_runtime"
-
 # The compute dtypes hosts offer by name.
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -44,10 +42,10 @@ def compile_module(module: nn.Module, options: RuntimeOptions) -> None:
 
 
 def prepare(model: nn.Module, options: RuntimeOptions) -> None:
-    """Apply `options.channels_last` and `options.compile` to the UNet and the VAE decoder of a
-    `pipeline.ToonCrafter`, once."""
+    """Apply `options.channels_last` and `options.compile` to the UNet and the VAE decoder of a loaded
+    `models.tooncrafter.ToonCrafter`, once."""
     key = (options.channels_last, options.compile, options.compile_mode, options.compile_backend)
-    done = getattr(model, _PREPARED, (False, False, None, None))
+    done = model.prepared or (False, False, None, None)
     if done == key or not (options.channels_last or options.compile):
         return
     if done != (False, False, None, None):
@@ -61,7 +59,7 @@ def prepare(model: nn.Module, options: RuntimeOptions) -> None:
         log.info("compiling the UNet and the VAE decoder (%s); the first run of each shape is slow", options.compile_backend)
         compile_module(model.unet, options)
         compile_module(model.vae.decoder, options)
-    setattr(model, _PREPARED, key)
+    model.prepared = key
 
 
 def usable_device(name: str) -> torch.device:

@@ -1,7 +1,7 @@
 """DDIM sampling as plain functions, with classifier-free guidance as a model wrapper.
 
 `sample_ddim(denoiser, x, plan, ...)` never touches the network: a denoiser maps (x, t) to
-(eps, x0); `VDenoiser` adapts a v-predicting model to that and `GuidedModel` adds CFG.
+(eps, x0); `Denoiser` adapts a v- or eps-predicting model to that and `GuidedModel` adds CFG.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import torch
 from .models.schedule import Schedule
 from .noise_levels import NoiseLevels
 
-VModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A network with its conditions bound: (x_t, t) -> its output (v or eps, the schedule's `Prediction`).
+Network = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ddim_timesteps(steps: int, spacing: str, num_train: int = 1000) -> np.ndarray:
@@ -84,16 +85,15 @@ def ddim_steps(
     ]
 
 
-class VDenoiser:
-    """Adapts a v-prediction model (x, t) -> v to the sampler's (x, t) -> (eps, x0)."""
+class Denoiser:
+    """Adapts a model (x, t) -> its output (v or eps) to the sampler's (x, t) -> (eps, x0)."""
 
-    def __init__(self, model: VModel, schedule: Schedule):
+    def __init__(self, model: Network, schedule: Schedule):
         self.model = model
         self.schedule = schedule
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.model(x, t)
-        return self.schedule.v_to_eps(x, t, v), self.schedule.v_to_x0(x, t, v)
+        return self.schedule.split(x, t, self.model(x, t))
 
 
 def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:
@@ -101,6 +101,13 @@ def rescale_guidance(guided: torch.Tensor, cond: torch.Tensor, factor: float) ->
     dims = list(range(1, cond.ndim))
     rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
     return factor * rescaled + (1 - factor) * guided
+
+
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float, rescale: float) -> torch.Tensor:
+    """Classifier-free guidance with the original's guidance rescale, on the network's own output (v or
+    eps), as the original applies both."""
+    guided = uncond + scale * (cond - uncond)
+    return rescale_guidance(guided, cond, rescale) if rescale > 0 else guided
 
 
 def level_guidance(
@@ -114,19 +121,17 @@ def level_guidance(
 ) -> torch.Tensor:
     """Classifier-free guidance with the original's guidance rescale for a host that guides the
     denoised predictions D of `NoiseLevels` (cond, uncond) -> guided D. The rescale matches standard
-    deviations of v, which D is not proportional to, so it runs on the v each D comes from."""
+    deviations of the network's output, which D is not proportional to, so it runs on the outputs each D
+    comes from."""
     if scale == 1.0:
         return cond
-    v_cond = levels.v_from_denoised(sigma, x, cond)
-    v_uncond = levels.v_from_denoised(sigma, x, uncond)
-    guided = v_uncond + scale * (v_cond - v_uncond)
-    if rescale > 0:
-        guided = rescale_guidance(guided, v_cond, rescale)
-    return levels.denoised(sigma, x, guided)
+    out_cond = levels.output_from_denoised(sigma, x, cond)
+    out_uncond = levels.output_from_denoised(sigma, x, uncond)
+    return levels.denoised(sigma, x, guide(out_cond, out_uncond, scale, rescale))
 
 
 class GuidedModel:
-    """Classifier-free guidance over a conditional model `net(x, t, cond) -> v`.
+    """Classifier-free guidance over a conditional model `net(x, t, cond) -> output`.
 
     With `batch`, cond and uncond share one network call (2b inputs); `cond`/`uncond` are
     per-call keyword dicts whose tensors are concatenated along the batch dim.
@@ -153,10 +158,7 @@ class GuidedModel:
         else:
             v_cond = self.net(x, t, **self.cond)
             v_uncond = self.net(x, t, **self.uncond)
-        guided = v_uncond + self.scale * (v_cond - v_uncond)
-        if self.rescale > 0:
-            guided = rescale_guidance(guided, v_cond, self.rescale)
-        return guided
+        return guide(v_cond, v_uncond, self.scale, self.rescale)
 
 
 def ddim_update(
@@ -297,9 +299,15 @@ class FiniteCheck:
             raise SamplingOverflowError(i + 1, self.steps, x.dtype)
 
 
+def draw_normal(shape, generator: Optional[torch.Generator], device=None) -> torch.Tensor:
+    """A standard normal fp32 draw of `shape` on the generator's device (the CPU without one), moved to
+    `device`: every random draw of a run goes through here, so a seed gives the same draws on any device."""
+    noise = torch.randn(tuple(shape), generator=generator, device=_gen_device(generator), dtype=torch.float32)
+    return noise if device is None else noise.to(device)
+
+
 def _draw(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    noise = torch.randn(like.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
-    return _to_like(noise, like)
+    return _to_like(draw_normal(like.shape, generator), like)
 
 
 def _to_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

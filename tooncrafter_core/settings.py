@@ -16,7 +16,7 @@ MAX_STEPS = ScheduleConfig.timesteps
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """Settings of one interpolation run; defaults are the 512 app's."""
+    """Settings of one run; defaults are ToonCrafter's 512 app's."""
 
     steps: int = 50
     cfg_scale: float = 7.5
@@ -28,6 +28,9 @@ class SamplingConfig:
     cfg_batch: bool = True
     # The original decodes the latents twice and replaces the middle pair from the second pass.
     second_decode: bool = True
+    # The image context from the start keyframe (0, the original's) or blended towards the end keyframe's
+    # (1: the end keyframe's alone); interpolation only.
+    image_context_ratio: float = 0.0
 
     def __post_init__(self):
         if not 1 <= self.steps <= MAX_STEPS:
@@ -43,6 +46,11 @@ class SamplingConfig:
             raise ValueError(f"guidance_rescale must be in [0, 1], got {self.guidance_rescale}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not 0.0 <= self.image_context_ratio <= 1.0:
+            raise ValueError(
+                f"the image context ratio must be between 0 (the start keyframe's, as the original) and 1 (the end "
+                f"keyframe's), got {self.image_context_ratio}"
+            )
         if self.fs < 1:
             raise ValueError(
                 f"the frame stride (fs) must be at least 1, got {self.fs}: smaller values give larger motion; "
@@ -56,6 +64,8 @@ class RuntimeOptions:
 
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # The VAE's compute dtype (its weights loaded in it, `weights.checkpoint.load_for`); None: `dtype`.
+    vae_dtype: Optional[torch.dtype] = None
     # Frames kept per VAE decode call; None decodes the whole clip at once (exact). Smaller chunks
     # save memory; each call also decodes `decode_overlap` context frames on either side so the
     # decoder's temporal convolutions do not see a hard border next to the kept frames.

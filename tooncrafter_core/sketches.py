@@ -88,35 +88,6 @@ def parse_frame_indices(text: str) -> Optional[list[int]]:
         raise ValueError(f"frame numbers must be whole numbers separated by commas, got {text!r}") from None
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
 def sketch_files(paths: Sequence[Path]) -> tuple[list[Path], list[int]]:
-    """Files (folders expanded to their images) and the frame each is for, by the number in its name."""
-    files = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ValueError(f"sketch file or folder not found: {path}")
-    if not files:
-        raise ValueError(f"no sketch images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    indices = [frame_number(f) for f in files]
-    taken: dict[int, Path] = {}
-    for f, i in zip(files, indices):
-        if i in taken:
-            raise ValueError(f"{taken[i].name} and {f.name} are both for frame {i}: keep one sketch per frame")
-        taken[i] = f
-    return files, indices
-
-
-def frame_number(path: Path) -> int:
-    """The frame a sketch file is for: the last number in its name (sketch_05.png -> 5)."""
-    numbers = re.findall(r"\d+", path.stem)
-    if not numbers:
-        raise ValueError(f"cannot tell which frame {path.name} is for: put the frame number in its name (e.g. sketch_05.png)")
-    return int(numbers[-1])
-
-
+    """Sketch files (folders expanded to their images) and the frame each is for, by the number in its name."""
+    return tc_frames.numbered_files(paths, "sketch")

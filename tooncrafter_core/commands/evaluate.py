@@ -10,12 +10,10 @@ each dtype and end in a comparison table; `--compare` builds that table from fin
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import statistics
 import time
-import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -25,6 +23,7 @@ import torch
 
 from .. import frames
 from ..datasets import Triplet, find_triplets
+from ..metrics import UNAVAILABLE, LpipsMetric, Score, image_metrics, psnr_ssim, read_scores, write_scores
 from ..models.tooncrafter import ToonCrafter
 from ..pipeline import interpolate
 from ..runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
@@ -41,13 +40,10 @@ from .common import (
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("triplet", "psnr", "ssim", "lpips")
-UNAVAILABLE = "unavailable"
 # |generated - truth| is scaled by this in the strips: errors of a few levels would look black.
 DIFF_GAIN = 4
 SUMMARY_WORST = 5
 LABEL_HEIGHT = 14
-INSTALL_HINT = 'pip install "comfyui-tooncrafter[eval]" (or pip install scikit-image lpips)'
 
 
 class EvaluationError(ValueError):
@@ -71,90 +67,6 @@ def _save(array: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     Image.fromarray(array).save(path)
-
-
-def _image_metrics() -> tuple[Callable, Callable]:
-    """scikit-image's PSNR and SSIM functions, or an error that says how to install them."""
-    try:
-        from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-    except ImportError as e:
-        raise EvaluationError(f"evaluate needs scikit-image ({e}): {INSTALL_HINT}") from None
-    return peak_signal_noise_ratio, structural_similarity
-
-
-def psnr_ssim(generated: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(h w 3) uint8 pair -> (PSNR in dB, SSIM), both over a data range of 255."""
-    psnr, ssim = _image_metrics()
-    with np.errstate(divide="ignore"):  # identical images: PSNR is inf
-        p = psnr(truth, generated, data_range=255)
-    return float(p), float(ssim(truth, generated, channel_axis=2, data_range=255))
-
-
-class LpipsMetric:
-    """LPIPS (AlexNet) distance on the CPU, or None for every pair when it cannot be had.
-
-    torchvision downloads the AlexNet weights on first use, so offline (and without the lpips
-    package) LPIPS is unavailable; `reason` says why and the scores read `unavailable`.
-    """
-
-    def __init__(self):
-        self.net = None
-        self.reason: Optional[str] = None
-        try:
-            import lpips
-
-            with warnings.catch_warnings():
-                # lpips asks torchvision for AlexNet with the deprecated `pretrained=`: not the user's to fix.
-                warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-                self.net = lpips.LPIPS(net="alex", verbose=False).eval()
-        except ImportError as e:
-            self.reason = f"the lpips package cannot be imported ({e}); {INSTALL_HINT}"
-        # torch.hub raises URLError (an OSError) offline and RuntimeError for a damaged download.
-        except (OSError, RuntimeError) as e:
-            self.reason = (
-                f"torchvision's AlexNet weights could not be loaded ({type(e).__name__}: {e}); connect once "
-                f"to download them, or put alexnet-owt-7be5be79.pth into {Path(torch.hub.get_dir()) / 'checkpoints'}"
-            )
-        if self.reason:
-            log.warning("LPIPS unavailable: %s", self.reason)
-
-    def __call__(self, generated: np.ndarray, truth: np.ndarray) -> Optional[float]:
-        """(h w 3) uint8 pair -> LPIPS distance (lower is closer), or None."""
-        if self.net is None:
-            return None
-        a, b = (torch.from_numpy(x).permute(2, 0, 1)[None].float() / 127.5 - 1.0 for x in (generated, truth))
-        with torch.inference_mode():
-            return float(self.net(a, b).item())
-
-
-@dataclass(frozen=True)
-class Score:
-    """Metrics of one triplet's generated middle frame against frame2; lpips None: unavailable."""
-
-    triplet: str
-    psnr: float
-    ssim: float
-    lpips: Optional[float]
-
-
-def write_scores(path: Path, scores: Sequence[Score]) -> None:
-    """scores.csv: CSV_COLUMNS, metrics with 6 decimals, `unavailable` for a missing LPIPS."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for s in scores:
-            lp = UNAVAILABLE if s.lpips is None else f"{s.lpips:.6f}"
-            w.writerow([s.triplet, f"{s.psnr:.6f}", f"{s.ssim:.6f}", lp])
-
-
-def read_scores(path: Path) -> list[Score]:
-    """The scores `write_scores` wrote."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [
-        Score(r["triplet"], float(r["psnr"]), float(r["ssim"]), None if r["lpips"] == UNAVAILABLE else float(r["lpips"]))
-        for r in rows
-    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 3:
         raise EvaluationError(f"--frames must be at least 3 (two keyframes and a middle frame), got {args.frames}")
     triplets = find_triplets(args.triplets)
-    _image_metrics()
+    image_metrics()
     device = usable_device(args.device)
     runs = plan_runs(args.dtype or [compute_dtype_name(None, device)], args.lora, args.lora_strengths)
     ckpt = args.ckpt if args.ckpt is not None else catalog.download(catalog.DEFAULT, args.models_dir)

@@ -1,32 +1,34 @@
 """`python -m tooncrafter_core interpolate --start A.png --end B.png --prompt "..." --out DIR`.
 
-Without --ckpt the default released checkpoint is downloaded into --models-dir (once).
+Any interpolation model of the family (ToonCrafter, DynamiCrafter's 512 interpolation model). Without
+--ckpt the default released ToonCrafter checkpoint is downloaded into --models-dir (once).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 from pathlib import Path
 
 import torch
 
-from .. import frames, pipeline, sketches
-from ..pipeline import InputError
-from ..runtime import COMPUTE_DTYPES, compute_dtype_name, usable_device
-from ..settings import RuntimeOptions, SamplingConfig
-from ..weights import catalog, lora
-from ..weights.checkpoint import WEIGHT_DTYPES, load_deferred_unet, load_for, move_model
-from ..weights.sketch_encoder import load_sketch_encoder
+from .. import frames, sequences, sketches
+from ..errors import InputError
 from .common import (
     StepProgress,
     add_device_argument,
     add_dtype_argument,
     add_lora_argument,
     add_models_dir_argument,
+    add_sampling_arguments,
     add_size_arguments,
+    add_sketch_arguments,
+    add_weight_dtype_argument,
     check_out_dir,
+    load_interpolation_model,
+    output_size,
+    sampling_config,
+    sketch_encoder,
 )
 
 log = logging.getLogger(__name__)
@@ -47,33 +49,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="two or more keyframes in order, instead of --start/--end: one continuous clip of "
                    "(N-1)*(T-1)+1 frames, each shared keyframe once")
     i.add_argument("--loop", action="store_true",
-                   help="also interpolate the last keyframe back to the first: N*(T-1) frames that repeat seamlessly")
+                   help="also interpolate the last keyframe back to the first: N*(T-1) frames that repeat seamlessly "
+                   "(one keyframe: a clip that starts and ends on it, DynamiCrafter's loop)")
+    i.add_argument("--trim", type=int, default=0,
+                   help="in-betweens cut on each side of every keyframe two segments share, where the model tends "
+                   "to hold the keyframe and the joined clip pauses (default: 0)")
     i.add_argument("--prompt", default="", help="what happens between the keyframes")
     i.add_argument("--prompts", nargs="+", metavar="PROMPT",
                    help="one prompt per segment (keyframe 1->2, 2->3, ..., last->first with --loop), instead of --prompt")
     i.add_argument("--out", type=Path, required=True, help="folder for frame_NNN.png and preview.gif")
-    i.add_argument("--steps", type=int, default=50)
-    i.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    i.add_argument("--eta", type=float, default=1.0, help="DDIM eta (0 deterministic)")
-    i.add_argument("--fs", type=int, default=10, help="frame stride conditioning, at least 1 (smaller: larger motion)")
-    i.add_argument("--guidance-rescale", type=float, default=0.7)
-    i.add_argument("--spacing", choices=("uniform_trailing", "uniform"), default="uniform_trailing")
-    i.add_argument("--seed", type=int, default=123)
+    add_sampling_arguments(i)
+    i.add_argument("--image-context-ratio", type=float, default=0.0,
+                   help="the image context from the start keyframe (0, the original's) to the end keyframe's (1); "
+                   "between, a blend (default: 0)")
     add_size_arguments(i, "output", "frames to generate (default: the model's)", "keyframes")
     add_dtype_argument(i)
-    i.add_argument(
-        "--weight-dtype",
-        choices=["auto", *WEIGHT_DTYPES],
-        default="auto",
-        help="dtype the weights are stored in (auto: the compute dtype); fp8 stores the UNet's Linear and "
-        "Conv weights in 8 bits (half of fp16) and keeps everything else in the compute dtype",
-    )
+    add_weight_dtype_argument(i)
     add_device_argument(i)
     i.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet and VAE decoder (the first run compiles for minutes; worth it on a GPU)")
     i.add_argument("--channels-last", action="store_true",
                    help="channels-last convolution weights (faster in fp16/bf16, slower in fp32 on the CPU)")
-    i.add_argument("--fps", type=int, default=8, help="preview frame rate")
+    i.add_argument("--fps", type=int, default=8, help="preview frame rate (default: 8)")
     add_lora_argument(i)
     i.add_argument("--no-second-decode", action="store_true", help="skip the original's second decode of the middle pair")
     i.add_argument("--sketches", type=Path, nargs="+", metavar="DIR_OR_FILE",
@@ -81,10 +78,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "for (sketch_05.png -> frame 5 of 0..T-1); dark lines on light paper; frames without one get an "
                    "empty sketch, which still goes through the encoder and steers them too (as in the reference). "
                    "One keyframe pair only")
-    i.add_argument("--sketch-scale", type=float, default=sketches.DEFAULT_SCALE,
-                   help="how strongly the sketches steer (0 = not at all, 1 = fully; default 0.6)")
-    i.add_argument("--sketch-encoder", type=Path,
-                   help="sketch encoder file; omitted: download sketch_encoder-fp16.safetensors into --models-dir")
+    add_sketch_arguments(i)
     return i
 
 
@@ -98,81 +92,49 @@ def _keyframe_files(args: argparse.Namespace) -> list[Path]:
     return [args.start, args.end]
 
 
-def _check_size(height: int, width: int, multiple: int) -> None:
-    if height % multiple or width % multiple:
-        near = [max(multiple, round(n / multiple) * multiple) for n in (height, width)]
-        raise InputError(
-            f"--height {height} --width {width}: both must be multiples of {multiple} for this model; "
-            f"use e.g. --height {near[0]} --width {near[1]}"
-        )
-
-
-def _swap_encoders_for_unet(model, loras, device) -> None:
-    model.cond_stage_model = None
-    model.embedder = None
-    gc.collect()
-    load_deferred_unet(model, device)
-    lora.merge(model.unet, loras)
-
-
 def run(args: argparse.Namespace) -> int:
     # Inputs are checked and read before the model: a typo should not cost a checkpoint load.
     check_out_dir(args.out)
     images = [frames.load_image(path) for path in _keyframe_files(args)]
-    segments = len(pipeline.segment_pairs(len(images), args.loop))
-    prompts = pipeline.segment_prompts(args.prompts or args.prompt, segments)
+    segments = len(sequences.segment_pairs(len(images), args.loop))
+    prompts = sequences.segment_prompts(args.prompts or args.prompt, segments)
     drawn = None
     if args.sketches:
         if segments != 1:
             raise InputError(f"--sketches guide one keyframe pair; these keyframes make {segments} segments")
         files, indices = sketches.sketch_files(args.sketches)
         drawn = ([frames.load_image(f) for f in files], indices)
-    sampling = SamplingConfig(
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        eta=args.eta,
-        fs=args.fs,
-        guidance_rescale=args.guidance_rescale,
-        timestep_spacing=args.spacing,
-        second_decode=not args.no_second_decode,
-    )
-    device = usable_device(args.device)
-    ckpt = args.ckpt
-    if ckpt is None:
-        ckpt = catalog.download(catalog.DEFAULT, args.models_dir)
-    dtype = COMPUTE_DTYPES[compute_dtype_name(args.dtype, device)]
+    sequences.check_trim(args.frames or 16, args.trim)
+    sampling_config(args, image_context_ratio=args.image_context_ratio)  # the settings checked before loading
     # The UNet is read only once every segment is conditioned and the encoders are gone: the run
     # never holds the text and image encoders (1 B parameters) and the UNet (1.4 B) together.
-    model = load_for(ckpt, dtype, WEIGHT_DTYPES.get(args.weight_dtype), defer_unet=True)
-    loras = lora.load_specs(args.lora, lora.adaptable_shapes(model.unet.state_dict()))
-    model = move_model(model, device)
-    height = args.height or model.config.pixel_size[0]
-    width = args.width or model.config.pixel_size[1]
-    _check_size(height, width, pipeline.size_multiple(model.config))
+    loaded = load_interpolation_model(args, second_decode=not args.no_second_decode,
+                                      image_context_ratio=args.image_context_ratio)
+    model = loaded.model
+    height, width = output_size(args, model.config)
     keyframes = torch.cat([frames.to_model(frames.fit(im, height, width, args.resize)) for im in images])
     guide = None
     if drawn is not None:
-        encoder_file = args.sketch_encoder or catalog.download(catalog.DEFAULT_SKETCH, args.models_dir)
-        encoder = load_sketch_encoder(encoder_file, dtype).to(device)
         hints = torch.cat([sketches.sketch_hint(im, height, width, args.resize) for im in drawn[0]], dim=2)
-        guide = sketches.SketchGuide(
-            encoder, sketches.place_sketches(hints, drawn[1], args.frames or model.config.frames), args.sketch_scale
-        )
+        guide = sketches.SketchGuide(sketch_encoder(args, loaded.dtype, loaded.device),
+                                     sketches.place_sketches(hints, drawn[1], args.frames or model.config.frames),
+                                     args.sketch_scale)
     progress = StepProgress(args.steps * segments)
     try:
         # Two keyframes are the one-segment sequence: the same draws as interpolate() with --seed.
-        video = pipeline.interpolate_sequence(
+        video = sequences.interpolate_sequence(
             model,
             keyframes,
             prompts,
-            sampling,
-            RuntimeOptions(device=device, dtype=dtype, compile=args.compile, channels_last=args.channels_last),
+            loaded.sampling,
+            loaded.options(compile=args.compile, channels_last=args.channels_last),
             frames=args.frames,
             seed=args.seed,
             loop=args.loop,
             callback=progress,
             sketch=guide,
-            on_conditioned=lambda: _swap_encoders_for_unet(model, loras, device),
+            on_conditioned=loaded.swap_encoders_for_unet,
+            trim=args.trim,
         )
     finally:
         progress.close()

@@ -1,10 +1,12 @@
-"""Rerun a case recorded from the original ToonCrafter and write every stage our core computes.
+"""Rerun a case recorded from the original ToonCrafter or DynamiCrafter code and write every stage our
+core computes.
 
     python -m tooncrafter_core replay CASE_DIR OUT.safetensors [--dtype fp32] [--device cpu] [--compare]
 
 From `reference.safetensors` only the inputs and random draws are read (`INPUT_KEYS`); settings
-come from `reference.json`, weights from `model.safetensors`, architecture from `config.yaml`.
-Stages are chained: our own samples feed our own decode.
+come from `reference.json` (its `mode`: interpolation by default, `i2v` for image-to-video, `interp` or
+`loop`), weights from `model.safetensors`, architecture and kind from `config.yaml`. Stages are chained:
+our own samples feed our own decode.
 """
 
 from __future__ import annotations
@@ -18,29 +20,32 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 
+from ..conditioning import encode_prompts, image_context, negative_image_context
+from ..decoding import decode
+from ..guidance import Conditioning, guided_model, sample, unet_output
+from ..keyframes import clip_latents, concat_condition, encode_keyframes
 from ..models.config import from_original_yaml
-from ..pipeline import (
-    Conditioning,
-    clip_latents,
-    concat_condition,
-    decode,
-    encode_keyframes,
-    encode_prompts,
-    guided_model,
-    image_context,
-    sample,
-    unconditional_image_context,
-    unet_v,
-)
 from ..runtime import COMPUTE_DTYPES
-from ..sampling import VDenoiser, ddim_plan, ddim_timesteps, ddim_update
+from ..sampling import Denoiser, ddim_plan, ddim_timesteps, ddim_update
 from ..settings import SamplingConfig
 from ..weights.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 
-INPUT_KEYS = ("image_start", "image_end", "vae_noise", "unet_x", "unet_t", "x_T", "eta1_noise")
+INPUT_KEYS = ("image_start", "image_end", "vae_noise", "unet_x", "unet_t", "x_T", "eta1_noise", "ddim_noise", "fs")
 TOLERANCE = 1e-4
+# Recorded modes whose concat holds a first and a last keyframe; a loop's are the same image.
+KEYFRAME_MODES = ("interp", "loop")
+
+
+def _keyframes(settings: dict, x: dict) -> tuple[torch.Tensor, ...]:
+    start = x["image_start"][None]
+    mode = settings.get("mode", "interp")
+    if mode == "i2v":
+        return (start,)
+    if mode not in KEYFRAME_MODES:
+        raise ValueError(f"reference.json: unknown mode {mode!r} (i2v, interp or loop)")
+    return start, x["image_end"][None] if "image_end" in x else start
 
 
 def run_case(
@@ -51,7 +56,7 @@ def run_case(
     case_dir = Path(case_dir)
     settings = json.loads((case_dir / "reference.json").read_text())
     reference = load_file(str(case_dir / "reference.safetensors"))
-    inputs = {k: reference[k] for k in INPUT_KEYS}
+    inputs = {k: reference[k] for k in INPUT_KEYS if k in reference}
     del reference
 
     config = from_original_yaml(case_dir / "config.yaml")
@@ -71,36 +76,52 @@ def run_case(
     with torch.inference_mode():
         out["text_cond"] = encode_prompts(model.cond_stage_model, [settings["prompt"]], dev, dtype)
         out["text_uncond"] = encode_prompts(model.cond_stage_model, [""], dev, dtype)
-        start, end = x["image_start"][None], x["image_end"][None]
-        out["image_embed_raw"], out["image_cond"] = image_context(model.embedder, model.image_proj_model, start)
-        _, out["image_uncond"] = unconditional_image_context(model.embedder, model.image_proj_model, 1, dev, dtype)
+        keyframes = _keyframes(settings, x)
+        out["image_embed_raw"], out["image_cond"] = image_context(model.embedder, model.image_proj_model, keyframes[0])
+        out["image_embed_raw_uncond"], out["image_uncond"] = negative_image_context(
+            model.embedder.model.visual, model.image_proj_model, model.config.vision, dev, dtype
+        )
         out["context_cond"] = torch.cat([out["text_cond"], out["image_cond"]], dim=1)
         out["context_uncond"] = torch.cat([out["text_uncond"], out["image_uncond"]], dim=1)
 
-        enc = encode_keyframes(model.vae, start, end)
+        enc = encode_keyframes(model.vae, *keyframes)
         out["vae_mean"], out["vae_logvar"] = enc.mean[0], enc.logvar[0]
         noise = rearrange(x["vae_noise"], "t c h w -> 1 c t h w")
         out["z"] = clip_latents(enc, frames, config.vae.scale_factor, noise)
         for i, ref in enumerate(enc.refs):
             out[f"ref_hidden_{i}"] = ref
-        out["c_concat"] = concat_condition(out["z"])
+        out["c_concat"] = concat_condition(out["z"], enc.task)
 
         fs = torch.tensor([sampling.fs], device=dev)
-        out["unet_out"] = unet_v(model.unet, x["unet_x"], x["unet_t"].long(), out["context_cond"], out["c_concat"], fs)
+        unet_t = x["unet_t"].long()
+        out["unet_out"] = unet_output(model.unet, x["unet_x"], unet_t, out["context_cond"], out["c_concat"], fs)
+        out["unet_out_uncond"] = unet_output(model.unet, x["unet_x"], unet_t, out["context_uncond"], out["c_concat"], fs)
 
         cond = Conditioning(out["context_cond"], out["context_uncond"], out["c_concat"], fs)
-        out["ddim_timesteps"] = torch.from_numpy(
-            ddim_timesteps(sampling.steps, sampling.timestep_spacing, model.schedule.num_timesteps)
-        )
-        trajectory = [x["x_T"]]
-        out["samples"] = sample(
-            model.unet, model.schedule, cond, sampling, x["x_T"], callback=lambda i, xt, x0: trajectory.append(xt)
-        )
+        timesteps = ddim_timesteps(sampling.steps, sampling.timestep_spacing, model.schedule.num_timesteps)
+        out["ddim_timesteps"] = torch.from_numpy(timesteps)
+        plan = ddim_plan(model.schedule, sampling.steps, sampling.timestep_spacing, sampling.eta)[::-1]  # ascending t
+        out["ddim_alphas"] = torch.tensor([s.alpha for s in plan])
+        out["ddim_alphas_prev"] = torch.tensor([s.alpha_prev for s in plan])
+        out["ddim_sigmas"] = torch.tensor([s.sigma for s in plan])
+        if model.schedule.scale_arr is not None:
+            scale = model.schedule.scale_arr[torch.as_tensor(timesteps)]
+            out["ddim_scale_arr"] = scale
+            out["ddim_scale_arr_prev"] = torch.cat([scale[:1], scale[:-1]])
+        trajectory, pred_x0 = [x["x_T"]], []
+
+        def record(i, xt, x0):
+            trajectory.append(xt)
+            pred_x0.append(x0)
+
+        noises = list(x["ddim_noise"]) if "ddim_noise" in x else None
+        out["samples"] = sample(model.unet, model.schedule, cond, sampling, x["x_T"], noises=noises, callback=record)
         out["ddim_trajectory"] = torch.stack(trajectory)
+        out["ddim_pred_x0"] = torch.stack(pred_x0)
 
         eta1_plan = ddim_plan(model.schedule, sampling.steps, sampling.timestep_spacing, eta=1.0)
         step = eta1_plan[::-1][settings["eta1_step_index"]]
-        denoiser = VDenoiser(guided_model(model.unet, cond, sampling), model.schedule)
+        denoiser = Denoiser(guided_model(model.unet, cond, sampling), model.schedule)
         t = torch.full((1,), step.t, device=dev, dtype=torch.long)
         eps, x0 = denoiser(x["x_T"], t)
         out["eta1_x_prev"], out["eta1_pred_x0"] = ddim_update(x["x_T"], eps, x0, step, x["eta1_noise"])
@@ -109,10 +130,10 @@ def run_case(
     return {k: v.detach().float().cpu().contiguous() for k, v in out.items()}
 
 
-def _reference_view(name: str, ref: torch.Tensor, frames: int) -> torch.Tensor:
-    # The reference encodes the whole [start x T/2, end x T/2] clip; we encode the two keyframes.
+def _reference_view(name: str, ref: torch.Tensor, frames: int, keyframes: int) -> torch.Tensor:
+    # The reference encodes the whole clip the keyframes are repeated into; we encode the keyframes.
     if name in ("vae_mean", "vae_logvar"):
-        return ref[[0, frames - 1]]
+        return ref[[0, frames - 1]] if keyframes == 2 else ref[[0]]
     return ref
 
 
@@ -120,7 +141,8 @@ def compare(ours: dict[str, torch.Tensor], case_dir: str | Path) -> dict[str, fl
     """Relative error ||ours - ref|| / ||ref|| for every stage the reference holds (inputs excluded)."""
     case_dir = Path(case_dir)
     reference = load_file(str(case_dir / "reference.safetensors"))
-    frames = json.loads((case_dir / "reference.json").read_text())["frames"]
+    settings = json.loads((case_dir / "reference.json").read_text())
+    keyframes = 1 if settings.get("mode") == "i2v" else 2
     errors = {}
     for name, ref in reference.items():
         if name in INPUT_KEYS:
@@ -128,7 +150,7 @@ def compare(ours: dict[str, torch.Tensor], case_dir: str | Path) -> dict[str, fl
         if name not in ours:
             errors[name] = float("inf")
             continue
-        ref = _reference_view(name, ref.float(), frames)
+        ref = _reference_view(name, ref.float(), settings["frames"], keyframes)
         mine = ours[name].float()
         if mine.shape != ref.shape:
             log.error("%s: shape %s, reference %s", name, tuple(mine.shape), tuple(ref.shape))

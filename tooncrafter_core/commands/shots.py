@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .. import frames
-from ..pipeline import interpolate_sequence, segment_pairs, segment_prompts
 from ..runtime import COMPUTE_DTYPES, compute_dtype_name
+from ..sequences import interpolate_sequence, segment_pairs, segment_prompts
 from ..settings import RuntimeOptions, SamplingConfig
 from ..weights import catalog, lora
 from ..weights.checkpoint import load_for

@@ -100,9 +100,7 @@ def load_frozen(args: argparse.Namespace, ckpt: Path, device, dtype: str):
     model = load_for(ckpt, COMPUTE_DTYPES[dtype]).to(device)
     height = args.height or model.config.pixel_size[0]
     width = args.width or model.config.pixel_size[1]
-    multiple = pipeline.size_multiple(model.config)
-    if height % multiple or width % multiple:
-        raise ValueError(f"--height {height} --width {width}: both must be multiples of {multiple} for this model")
+    pipeline.check_size(height, width, model.config, "--width x --height")
     frames = args.frames or model.config.frames
     if frames < 3:
         raise ValueError(f"--frames must be at least 3 (two keyframes and a frame between), got {frames}")
@@ -140,3 +138,16 @@ def run(args: argparse.Namespace, on_step: Optional[loop.StepHook] = None) -> in
     }
     loop.run(task, settings, args.out, info, resume=args.resume, device=device, on_step=on_step)
     return 0
+
+
+def train(data: Path, out: Path, on_step: Optional[loop.StepHook] = None, **options) -> int:
+    """train-lora as a call, for hosts such as the ComfyUI node: `options` by the CLI's option names (ckpt=,
+    steps=, lr=, rank=, alpha=, frames=, grad_checkpointing=, resume=, ...), already typed; the others keep
+    the CLI's defaults."""
+    parser = add_parser(argparse.ArgumentParser().add_subparsers())
+    args = parser.parse_args(["--data", str(data), "--out", str(out)])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"train-lora has no option {', '.join(unknown)}: see python -m tooncrafter_core train-lora --help")
+    vars(args).update(options)
+    return run(args, on_step)

@@ -1,8 +1,9 @@
-"""Frozen configuration of a ToonCrafter model: its networks and its noise schedule.
+"""Frozen configuration of a model of the ToonCrafter / DynamiCrafter family: its networks, its noise
+schedule and its kind (what it predicts, which conditioning it was trained with, which decoder it has).
 
 Defaults describe the released `tooncrafter_512_interp_v1` checkpoint. `from_original_yaml` maps
 an original-format config (`configs/inference_512_v1.0.yaml` schema) onto these dataclasses in
-one place; `weights.checkpoint.infer_config` reads the same values from weight shapes.
+one place; `weights.checkpoint.infer_config` reads the same values from the weights.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ IMAGE_TOKENS_PER_FRAME = 16
 
 # Context frames a chunked decode adds on each side of its chunk (see `vae.decode_windows`).
 DECODE_OVERLAP = 4
+
+# The conditioning a model was trained with: the start and end keyframes in the concat channels' first
+# and last frame (interpolation), or the first image's latent on every frame (image-to-video).
+INTERPOLATION, IMAGE_TO_VIDEO = "interpolation", "image_to_video"
+TASK_NAMES = {INTERPOLATION: "interpolation", IMAGE_TO_VIDEO: "image-to-video"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,9 @@ class VAEConfig:
     fusion_dim_head: int = 64
     video_kernel_size: tuple[int, int, int] = (3, 1, 1)
     scale_factor: float = 0.18215
+    # ToonCrafter's video decoder that fuses the keyframes' encoder features back in; DynamiCrafter's
+    # is the plain per-frame decoder.
+    reference_decoder: bool = True
 
     @property
     def downsample_factor(self) -> int:
@@ -154,10 +163,33 @@ class ModelConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     # Latent size the model was trained at (h, w), 320x512 pixels for the 512 model.
     latent_size: tuple[int, int] = (40, 64)
+    family: str = "ToonCrafter"
+    tasks: tuple[str, ...] = (INTERPOLATION,)
+    # What the fs condition measures ("fps", or "frame stride" for DynamiCrafter 256) and the value the
+    # original's inference scripts pass for this kind.
+    fs_meaning: str = "fps"
+    fs_default: int = 10
 
     @property
     def frames(self) -> int:
         return self.unet.temporal_length
+
+    @property
+    def default_spacing(self) -> str:
+        """The original scripts' DDIM spacing for this kind: trailing for the zero-SNR v models (512, 1024,
+        ToonCrafter), uniform for DynamiCrafter 256's plain schedule."""
+        return "uniform_trailing" if self.schedule.rescale_betas_zero_snr else "uniform"
+
+    @property
+    def default_guidance_rescale(self) -> float:
+        """The original scripts' guidance rescale for this kind (0.7 with zero SNR, else none)."""
+        return 0.7 if self.schedule.rescale_betas_zero_snr else 0.0
+
+    @property
+    def kind_name(self) -> str:
+        """E.g. "ToonCrafter 512 interpolation", "DynamiCrafter 256 image-to-video"."""
+        tasks = " or ".join(TASK_NAMES[t] for t in self.tasks)
+        return f"{self.family} {self.pixel_size[1]} {tasks}"
 
     @property
     def pixel_size(self) -> tuple[int, int]:
@@ -226,6 +258,28 @@ def _openclip_arch(name: str, search_dir: Optional[Path]) -> tuple[TextEncoderCo
     return text, vision
 
 
+# The 1024 model's dynamic-rescale base; the 512 models' is 0.7.
+BASE_SCALE_1024 = 0.3
+
+
+def kind_fields(
+    reference_decoder: bool, parameterization: str, base_scale: float, interpolation_only: bool, default_fs: int
+) -> dict:
+    """ModelConfig's kind fields for a member of the family, from what its yaml or its weights say:
+    ToonCrafter has the reference decoder and interpolates (its scripts' fs 10); DynamiCrafter 256
+    (eps-prediction, frame stride 3) and 1024 (rescale base 0.3) animate an image; the 512 layout is
+    both the image-to-video and the interpolation release (fs 5 for interpolation, as its scripts)."""
+    if reference_decoder:
+        return dict(family="ToonCrafter", tasks=(INTERPOLATION,), fs_meaning="fps", fs_default=10)
+    if parameterization == "eps":
+        return dict(family="DynamiCrafter", tasks=(IMAGE_TO_VIDEO,), fs_meaning="frame stride", fs_default=default_fs)
+    if interpolation_only:
+        return dict(family="DynamiCrafter", tasks=(INTERPOLATION,), fs_meaning="fps", fs_default=5)
+    if abs(base_scale - BASE_SCALE_1024) < 1e-6:
+        return dict(family="DynamiCrafter", tasks=(IMAGE_TO_VIDEO,), fs_meaning="fps", fs_default=default_fs)
+    return dict(family="DynamiCrafter", tasks=(IMAGE_TO_VIDEO, INTERPOLATION), fs_meaning="fps", fs_default=default_fs)
+
+
 _UNSUPPORTED_UNET = {
     "use_relative_position": False,
     "use_causal_attention": False,
@@ -253,8 +307,9 @@ def from_original_yaml(path: str | Path) -> ModelConfig:
     for key, supported in _UNSUPPORTED_UNET.items():
         if unet_p.get(key, supported) != supported:
             raise ConfigError(f"{path}: unet_config.{key}={unet_p[key]} is not supported")
-    if params.get("parameterization", "eps") != "v":
-        raise ConfigError(f"{path}: only v-parameterization is supported")
+    parameterization = params.get("parameterization", "eps")
+    if parameterization not in ("v", "eps"):
+        raise ConfigError(f"{path}: parameterization {parameterization!r} is not supported (v or eps)")
 
     unet = UNetConfig(
         in_channels=unet_p["in_channels"],
@@ -288,6 +343,7 @@ def from_original_yaml(path: str | Path) -> ModelConfig:
         attn_resolutions=tuple(dd.get("attn_resolutions", ())),
         resolution=dd.get("resolution", 256),
         scale_factor=params.get("scale_factor", 1.0),
+        reference_decoder=params["first_stage_config"].get("target", "").endswith("_Dualref"),
     )
     resampler = ResamplerConfig(
         dim=res_p.get("dim", 1024),
@@ -305,7 +361,7 @@ def from_original_yaml(path: str | Path) -> ModelConfig:
         linear_start=params.get("linear_start", 1e-4),
         linear_end=params.get("linear_end", 2e-2),
         rescale_betas_zero_snr=params.get("rescale_betas_zero_snr", False),
-        parameterization="v",
+        parameterization=parameterization,
         use_dynamic_rescale=params.get("use_dynamic_rescale", False),
         base_scale=params.get("base_scale", 0.7),
         turning_step=params.get("turning_step", 400),
@@ -319,6 +375,10 @@ def from_original_yaml(path: str | Path) -> ModelConfig:
     image_size = params.get("image_size", [40, 64])
     if isinstance(image_size, int):
         image_size = [image_size, image_size]
+    kind = kind_fields(vae.reference_decoder, parameterization, schedule.base_scale, bool(params.get("interp_mode")),
+                       unet.default_fs)
+    if params.get("fps_condition_type", "fs") == "fs":
+        kind["fs_meaning"] = "frame stride"
     return ModelConfig(
         unet=unet,
         vae=vae,
@@ -327,4 +387,5 @@ def from_original_yaml(path: str | Path) -> ModelConfig:
         resampler=resampler,
         schedule=schedule,
         latent_size=(int(image_size[0]), int(image_size[1])),
+        **kind,
     )

@@ -1,5 +1,6 @@
-"""Noise schedule: scaled-linear betas rescaled to zero terminal SNR (Lin et al. 2023, Alg. 1),
-v-prediction conversions, and the dynamic-rescale table `scale_arr`.
+"""Noise schedule: scaled-linear betas, optionally rescaled to zero terminal SNR (Lin et al. 2023,
+Alg. 1), the dynamic-rescale table `scale_arr`, and what the network predicts (`Prediction`: v or the
+noise) with its conversions.
 
 Computed in float64 and stored in float32, like the original's registered buffers, so half-precision
 checkpoint files never degrade the schedule.
@@ -41,12 +42,45 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     return 1.0 - alphas
 
 
+PREDICTIONS = ("v", "eps")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the network outputs at a noisy latent x_t = sqrt(ᾱ)·x0 + sqrt(1-ᾱ)·ε: v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x0
+    (Salimans & Ho 2022; ToonCrafter, DynamiCrafter 512/1024) or ε itself (Ho et al. 2020; DynamiCrafter 256).
+    Both x0 and ε are affine in the output: x0 = p·x_t + q·out, ε = r·x_t + u·out."""
+
+    kind: str = "v"
+
+    def __post_init__(self):
+        if self.kind not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.kind!r}; the family predicts one of {', '.join(PREDICTIONS)}")
+
+    def coefficients(self, sa, sb) -> tuple:
+        """(p, q, r, u) at sqrt(ᾱ) = sa, sqrt(1-ᾱ) = sb (tensors or floats)."""
+        if self.kind == "v":
+            return sa, -sb, sb, sa
+        return 1.0 / sa, -sb / sa, 0.0, 1.0
+
+    def split(self, x_t: torch.Tensor, out: torch.Tensor, sa, sb) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (x0, ε): the original's pred_x0 (before any dynamic rescale) and the noise."""
+        if self.kind == "v":
+            return sa * x_t - sb * out, sb * x_t + sa * out
+        return (x_t - sb * out) / sa, out
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, sa, sb) -> torch.Tensor:
+        """The training target for clean latents x0 (already scaled) and noise ε."""
+        return sa * eps - sb * x0 if self.kind == "v" else eps
+
+
 @dataclass(frozen=True)
 class Schedule:
     alphas_cumprod: torch.Tensor  # (T,) fp32
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
     scale_arr: torch.Tensor | None  # (T + turning_step,) or None without dynamic rescale
+    prediction: Prediction = Prediction()
 
     @property
     def num_timesteps(self) -> int:
@@ -65,7 +99,7 @@ class Schedule:
             scale_arr = f32(
                 np.concatenate([np.linspace(1.0, cfg.base_scale, cfg.turning_step), np.full(cfg.timesteps, cfg.base_scale)])
             )
-        return cls(f32(ac), f32(np.sqrt(ac)), f32(np.sqrt(1.0 - ac)), scale_arr)
+        return cls(f32(ac), f32(np.sqrt(ac)), f32(np.sqrt(1.0 - ac)), scale_arr, Prediction(cfg.parameterization))
 
     def buffers(self) -> dict[str, torch.Tensor]:
         """The schedule buffers that can be compared with a checkpoint's."""
@@ -82,8 +116,13 @@ class Schedule:
         v = table.to(t.device)[t].to(like.dtype)
         return v.view(-1, *([1] * (like.ndim - 1)))
 
-    def v_to_eps(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_alphas_cumprod, t, x) * v + self._at(self.sqrt_one_minus_alphas_cumprod, t, x) * x
+    def split(self, x: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's output at (x_t, integer t) -> (eps, x0), x0 before the dynamic rescale."""
+        sa, sb = self._at(self.sqrt_alphas_cumprod, t, x), self._at(self.sqrt_one_minus_alphas_cumprod, t, x)
+        x0, eps = self.prediction.split(x, out, sa, sb)
+        return eps, x0
 
-    def v_to_x0(self, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return self._at(self.sqrt_alphas_cumprod, t, x) * x - self._at(self.sqrt_one_minus_alphas_cumprod, t, x) * v
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network is trained to output for scaled clean latents x0 and noise eps at t."""
+        sa, sb = self._at(self.sqrt_alphas_cumprod, t, x0), self._at(self.sqrt_one_minus_alphas_cumprod, t, x0)
+        return self.prediction.target(x0, eps, sa, sb)

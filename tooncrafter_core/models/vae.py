@@ -1,6 +1,7 @@
-"""The dual-reference autoencoder: a per-frame KL encoder that also returns its hidden states,
-and a video decoder (temporal convolutions) that fuses the first and last keyframe's encoder
-features back in at every level (cross-attention at deep levels, a 1x1 "Combiner" elsewhere).
+"""The autoencoders of the family. Both share a per-frame KL encoder (which also returns its hidden
+states). ToonCrafter's dual-reference autoencoder decodes with a video decoder (temporal convolutions)
+that fuses the first and last keyframe's encoder features back in at every level (cross-attention at
+deep levels, a 1x1 "Combiner" elsewhere); DynamiCrafter's plain one decodes each frame alone.
 
 The module tree is the checkpoint layout under `first_stage_model.`.
 """
@@ -16,7 +17,7 @@ from torch import nn
 
 from .attention import attention
 from .config import DECODE_OVERLAP, VAEConfig
-from .ops import Default, group_norm, norm_silu, param
+from .ops import Default, batch_to_frames, frames_to_batch, group_norm, norm_silu, param
 
 
 def _norm(channels: int, dtype, device, operations) -> nn.Module:
@@ -301,16 +302,63 @@ class VideoDecoder(nn.Module):
         return self.conv_out(h, frames)
 
 
-class AutoencoderKLDualRef(nn.Module):
+class Decoder(nn.Module):
+    """The plain decoder (DynamiCrafter): each frame alone, no reference features."""
+
     def __init__(self, cfg: VAEConfig, dtype=None, device=None, operations=Default):
+        super().__init__()
+        kw = dict(dtype=dtype, device=device, operations=operations)
+        self.num_resolutions = len(cfg.ch_mult)
+        block_in = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // 2 ** (self.num_resolutions - 1)
+        self.conv_in = operations.Conv2d(cfg.z_channels, block_in, 3, padding=1, dtype=dtype, device=device)
+        self.mid = nn.Module()
+        self.mid.block_1 = ResnetBlock(block_in, block_in, **kw)
+        self.mid.attn_1 = AttnBlock(block_in, **kw)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, **kw)
+        up_levels: list[nn.Module] = []
+        for level in reversed(range(self.num_resolutions)):
+            up = nn.Module()
+            up.block = nn.ModuleList()
+            up.attn = nn.ModuleList()
+            block_out = cfg.ch * cfg.ch_mult[level]
+            for _ in range(cfg.num_res_blocks + 1):
+                up.block.append(ResnetBlock(block_in, block_out, **kw))
+                block_in = block_out
+                if res in cfg.attn_resolutions:
+                    up.attn.append(AttnBlock(block_in, **kw))
+            if level != 0:
+                up.upsample = Upsample(block_in, **kw)
+                res *= 2
+            up_levels.insert(0, up)
+        self.up = nn.ModuleList(up_levels)
+        self.norm_out = _norm(block_in, dtype, device, operations)
+        self.conv_out = operations.Conv2d(block_in, cfg.out_ch, 3, padding=1, dtype=dtype, device=device)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z (n z h w) -> (n 3 H W)."""
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        for level in reversed(range(self.num_resolutions)):
+            up = self.up[level]
+            for i, block in enumerate(up.block):
+                h = block(h)
+                if len(up.attn) > 0:
+                    h = up.attn[i](h)
+            if level != 0:
+                h = up.upsample(h)
+        return self.conv_out(norm_silu(self.norm_out, h))
+
+
+class _KLAutoencoder(nn.Module):
+    """The encoder both autoencoders share, their decoder, and the quantisation convolutions."""
+
+    def __init__(self, cfg: VAEConfig, decoder: type[nn.Module], dtype=None, device=None, operations=Default):
         super().__init__()
         self.config = cfg
         kw = dict(dtype=dtype, device=device)
         self.encoder = Encoder(cfg, operations=operations, **kw)
-        self.decoder = VideoDecoder(cfg, operations=operations, **kw)
+        self.decoder = decoder(cfg, operations=operations, **kw)
         self.quant_conv = operations.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1, **kw)
-        # Loaded but never applied: the original's decode() skips it whenever the decoder gets
-        # reference features, which is always the case for ToonCrafter.
         self.post_quant_conv = operations.Conv2d(cfg.embed_dim, cfg.z_channels, 1, **kw)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -318,6 +366,38 @@ class AutoencoderKLDualRef(nn.Module):
         h, hidden = self.encoder(x)
         mean, logvar = self.quant_conv(h).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0), hidden
+
+
+class AutoencoderKL(_KLAutoencoder):
+    """DynamiCrafter's autoencoder: the plain decoder, after `post_quant_conv`."""
+
+    def __init__(self, cfg: VAEConfig, dtype=None, device=None, operations=Default):
+        super().__init__(cfg, Decoder, dtype=dtype, device=device, operations=operations)
+
+    def decode(
+        self, z: torch.Tensor, refs: Sequence[torch.Tensor] = (), chunk: Optional[int] = None, overlap: int = 0
+    ) -> torch.Tensor:
+        """z (b z t h w) unscaled latents -> video (b 3 t H W). Frames decode alone, so a chunked decode
+        (`chunk` frames a call; `refs` and `overlap` are not used) is the whole decode exactly."""
+        b, _, t, _, _ = z.shape
+        video = None
+        for lo, start, stop, hi in decode_windows(t, chunk, 0):
+            x = self.decoder(self.post_quant_conv(frames_to_batch(z[:, :, start:stop])))
+            x = batch_to_frames(x, b)
+            if video is None:
+                if stop == t:
+                    return x
+                video = x.new_empty(x.shape[:2] + (t,) + x.shape[3:])
+            video[:, :, start:stop] = x
+        return video
+
+
+class AutoencoderKLDualRef(_KLAutoencoder):
+    """ToonCrafter's autoencoder. Its post_quant_conv is loaded but never applied: the original's decode()
+    skips it whenever the decoder gets reference features, which is always the case for ToonCrafter."""
+
+    def __init__(self, cfg: VAEConfig, dtype=None, device=None, operations=Default):
+        super().__init__(cfg, VideoDecoder, dtype=dtype, device=device, operations=operations)
 
     def decode(
         self,
@@ -406,7 +486,7 @@ def decode_memory_bytes(
 ) -> int:
     """Peak bytes of one `AutoencoderKLDualRef.decode` of (batch, frames) latents to height x width
     pixels, weights excluded: the largest window's activations (with DECODE_MEMORY_MARGIN), the
-    reference features and the decoded video (kept three times by `pipeline.decode`'s second pass)."""
+    reference features and the decoded video (kept three times by `decoding.decode`'s second pass)."""
     size = torch.empty((), dtype=dtype).element_size()
     window = max(hi - lo for lo, _, _, hi in decode_windows(frames, chunk, overlap))
     pixels = height * width

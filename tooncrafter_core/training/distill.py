@@ -20,16 +20,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..datasets import TrainingItem, window
+from ..keyframes import encode_keyframes
 from ..models.config import ModelConfig
 from ..models.init import normal_init_
 from ..models.tooncrafter import ToonCrafter
 from ..models.unet import UNetModel
-from ..pipeline import encode_keyframes
 from ..weights.checkpoint import UNET_PREFIX
 from ..weights.convert import copy_companions
 from .encodings import EncodingSettings, ItemEncoding, clip_batch, load_frames
 from .lora import StepSettings, draw_picks, sample_gif
-from .objective import LpipsFn, eps_from_v, image_losses, noise_clip, x0_from_v
+from .objective import LpipsFn, eps_from_output, image_losses, noise_clip, x0_from_output
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class DistillTask:
             v_teacher = self.teacher.unet(x_in.to(self.dtype), noised.t, ctx.to(self.dtype), fs).float()
         with self._autocast():
             v_student = self.student(x_in, noised.t, ctx, fs).float()
-        x0_teacher = x0_from_v(schedule, noised.x_t, noised.t, v_teacher)
-        x0_student = x0_from_v(schedule, noised.x_t, noised.t, v_student)
+        x0_teacher = x0_from_output(schedule, noised.x_t, noised.t, v_teacher)
+        x0_student = x0_from_output(schedule, noised.x_t, noised.t, v_student)
         refs = self._refs(items, picks)
 
         def decode(x0_latent):
@@ -163,8 +163,8 @@ class DistillTask:
         l1, perceptual = image_losses(decode(x0_student), target, self.lpips, self.weights.lpips)
         loss = self.weights.l1 * l1 + self.weights.lpips * perceptual
         if self.regime == "image+latent+noise":
-            eps_teacher = eps_from_v(schedule, noised.x_t, noised.t, v_teacher)
-            eps_student = eps_from_v(schedule, noised.x_t, noised.t, v_student)
+            eps_teacher = eps_from_output(schedule, noised.x_t, noised.t, v_teacher)
+            eps_student = eps_from_output(schedule, noised.x_t, noised.t, v_student)
             loss = loss + self.weights.latent * F.smooth_l1_loss(x0_student, x0_teacher)
             loss = loss + self.weights.noise * F.mse_loss(eps_student, eps_teacher)
         return loss

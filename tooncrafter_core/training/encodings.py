@@ -21,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .. import frames as tc_frames
+from ..conditioning import encode_prompts, image_context, join_context, negative_image_context
 from ..datasets import TrainingItem, window, window_starts
 from ..models.tooncrafter import ToonCrafter
-from ..pipeline import encode_prompts, image_context, join_context, unconditional_image_context
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def encode_items(
 def unconditional_context(model: ToonCrafter, device, dtype) -> torch.Tensor:
     """The original's negative: the empty prompt and the all-zero image, (1 L d) on the CPU."""
     text = encode_prompts(model.cond_stage_model, [""], device, dtype)
-    _, image = unconditional_image_context(model.embedder, model.image_proj_model, 1, device, dtype)
+    _, image = negative_image_context(model.embedder.model.visual, model.image_proj_model, model.config.vision, device, dtype)
     return join_context(text, image).float().cpu()
 
 

@@ -12,12 +12,13 @@ import torch
 
 from .. import frames as tc_frames
 from ..datasets import TrainingItem, window, window_starts
+from ..keyframes import encode_keyframes
 from ..models.tooncrafter import ToonCrafter
-from ..pipeline import encode_keyframes, interpolate
+from ..pipeline import interpolate
 from ..settings import RuntimeOptions, SamplingConfig
 from . import adapters
 from .encodings import EncodingSettings, ItemEncoding, clip_batch, load_frames
-from .objective import LpipsFn, kdq_loss, noise_clip, v_loss
+from .objective import LpipsFn, kdq_loss, noise_clip, prediction_loss
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ class LoraTask:
         v = self.model.unet(x_in, noised.t, context.to(dev, dtype), fs)
         mask = mask.to(dev)
         if self.step.loss == "v":
-            return v_loss(v, noised, mask)
+            return prediction_loss(v, noised, mask)
         decode, truth = None, None
         if self.step.lpips_weight > 0:
             decode, truth = self._decoder(items, picks)

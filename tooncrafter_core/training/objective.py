@@ -1,7 +1,8 @@
 """The original's training-time forward process and the losses the training commands use.
 
 x_t = sqrt(ᾱ_t)·(s_t·x0) + sqrt(1 - ᾱ_t)·eps with the dynamic rescale s_t (`scale_arr`), and the
-v target sqrt(ᾱ_t)·eps - sqrt(1 - ᾱ_t)·(s_t·x0), as the original's `q_sample` / `get_v`. Losses are
+target of the model's prediction: v = sqrt(ᾱ_t)·eps - sqrt(1 - ᾱ_t)·(s_t·x0), as the original's
+`q_sample` / `get_v`, or eps itself (DynamiCrafter 256). Losses are
 averaged over the frames that have a true frame (`mask`), so items with fewer frames than the clip
 (triplets, short clips) supervise only what they know.
 """
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from ..metrics import MetricUnavailable, lpips_network
 from ..models.schedule import Schedule
 
 
@@ -23,12 +25,12 @@ def _at(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class NoisedClip:
-    """One noised batch: x_t, timesteps t (b,), the noise and the v target, all (b z T h w) but t."""
+    """One noised batch: x_t, timesteps t (b,), the noise and the prediction's target, all (b z T h w) but t."""
 
     x_t: torch.Tensor
     t: torch.Tensor
     noise: torch.Tensor
-    v_target: torch.Tensor
+    target: torch.Tensor
 
 
 def noise_clip(schedule: Schedule, x0: torch.Tensor, generator: torch.Generator) -> NoisedClip:
@@ -39,7 +41,7 @@ def noise_clip(schedule: Schedule, x0: torch.Tensor, generator: torch.Generator)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     scaled = x0 * _scale(schedule, t, x0)
     sa, sb = _at(schedule.sqrt_alphas_cumprod, t, x0), _at(schedule.sqrt_one_minus_alphas_cumprod, t, x0)
-    return NoisedClip(sa * scaled + sb * noise, t.to(x0.device), noise, sa * noise - sb * scaled)
+    return NoisedClip(sa * scaled + sb * noise, t.to(x0.device), noise, schedule.target(scaled, noise, t))
 
 
 def _scale(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -48,13 +50,13 @@ def _scale(schedule: Schedule, t: torch.Tensor, like: torch.Tensor) -> torch.Ten
     return _at(schedule.scale_arr, t, like)
 
 
-def x0_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """The clean latent a v prediction stands for, before the dynamic rescale (what the VAE decodes)."""
-    return schedule.v_to_x0(x_t, t, v) / _scale(schedule, t, x_t)
+def x0_from_output(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The clean latent a prediction stands for, before the dynamic rescale (what the VAE decodes)."""
+    return schedule.split(x_t, t, out)[1] / _scale(schedule, t, x_t)
 
 
-def eps_from_v(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return schedule.v_to_eps(x_t, t, v)
+def eps_from_output(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return schedule.split(x_t, t, out)[0]
 
 
 def masked_mean(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -63,9 +65,9 @@ def masked_mean(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (error * weights).sum() / weights.sum()
 
 
-def v_loss(v_pred: torch.Tensor, noised: NoisedClip, mask: torch.Tensor) -> torch.Tensor:
-    """The v-prediction MSE the model was trained with."""
-    return masked_mean((v_pred.float() - noised.v_target.float()) ** 2, mask)
+def prediction_loss(pred: torch.Tensor, noised: NoisedClip, mask: torch.Tensor) -> torch.Tensor:
+    """The MSE of the prediction (v or eps) the model was trained with."""
+    return masked_mean((pred.float() - noised.target.float()) ** 2, mask)
 
 
 LpipsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -83,10 +85,10 @@ def kdq_loss(
 ) -> torch.Tensor:
     """The LoRA fork's loss: L1 on the predicted noise, plus `lpips_weight` times LPIPS between the
     decoded x0 prediction and the true frames (b 3 T H W in [-1, 1]) on the supervised frames."""
-    eps = eps_from_v(schedule, noised.x_t.float(), noised.t, v_pred.float())
+    eps = eps_from_output(schedule, noised.x_t.float(), noised.t, v_pred.float())
     loss = masked_mean((eps - noised.noise.float()).abs(), mask)
     if lpips_weight > 0:
-        video = decode(x0_from_v(schedule, noised.x_t.float(), noised.t, v_pred.float()))
+        video = decode(x0_from_output(schedule, noised.x_t.float(), noised.t, v_pred.float()))
         keep = mask.bool()
         pred = video.transpose(1, 2)[keep]  # (n 3 H W): the supervised frames of every clip
         true = frames.to(pred).transpose(1, 2)[keep]
@@ -106,17 +108,6 @@ def image_losses(pred: torch.Tensor, target: torch.Tensor, lpips: Optional[Lpips
 def load_lpips(device: torch.device) -> LpipsFn:
     """LPIPS-AlexNet (the `lpips` package of the eval extra), frozen; inputs in [-1, 1]."""
     try:
-        import lpips
-    except ImportError:
-        raise ValueError(
-            'LPIPS needs the lpips package: pip install "comfyui-tooncrafter[eval]", or set its loss weight to 0'
-        ) from None
-    try:
-        net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
-    except Exception as e:  # its AlexNet weights are downloaded on first use; offline that fails
-        raise ValueError(
-            f"LPIPS could not load its AlexNet weights ({type(e).__name__}: {e}); connect to the internet once "
-            "or set the LPIPS loss weight to 0"
-        ) from None
-    net.requires_grad_(False)
-    return net
+        return lpips_network(device)
+    except MetricUnavailable as e:
+        raise ValueError(f"the LPIPS loss: {e}; or set its loss weight to 0") from None

@@ -1,4 +1,5 @@
-"""The released ToonCrafter checkpoint files we know, and a resumable download into a folder.
+"""The released checkpoint files of the family we know (ToonCrafter, DynamiCrafter), and a resumable
+download into a folder.
 
 Downloads go through `huggingface_hub` (imported only when a download is asked for). Offline, a
 download fails at once with a message naming the file, its source and the folder to put it in.
@@ -26,6 +27,10 @@ class ReleasedFile:
     size: str  # approximate, as published
     encoders: bool  # holds the OpenCLIP text and image encoders
     note: str
+    # The conditioning the release was trained with where its weights cannot tell (DynamiCrafter 512's
+    # image-to-video and interpolation files share one layout), and its scripts' fs.
+    tasks: tuple[str, ...] = ()
+    fs_default: Optional[int] = None
 
     @property
     def url(self) -> str:
@@ -72,7 +77,48 @@ RELEASED: tuple[ReleasedFile, ...] = (
     ),
 )
 
+# DynamiCrafter (Xing et al. 2024), ToonCrafter's family: image-to-video at 256, 512 and 1024 and the 512
+# interpolation model. The original releases are fp32 pickles with everything; the fp16 conversions
+# lack the text and image encoders (use ComfyUI's CLIP and CLIP_VISION, as for ToonCrafter's pruned file).
+DYNAMICRAFTER: tuple[ReleasedFile, ...] = (
+    ReleasedFile(
+        "dynamicrafter_512_fp16_pruned.safetensors", "Kijai/DynamiCrafter_pruned", "dynamicrafter_512_fp16_pruned.safetensors",
+        None, "3.1 GB", False, "DynamiCrafter image-to-video 320x512, fp16, no text/image encoders",
+        ("image_to_video",), 24,
+    ),
+    ReleasedFile(
+        "dynamicrafter_512_interp_fp16_pruned.safetensors", "Kijai/DynamiCrafter_pruned",
+        "dynamicrafter_512_interp_fp16_pruned.safetensors", None, "3.1 GB", False,
+        "DynamiCrafter interpolation 320x512, fp16, no text/image encoders", ("interpolation",), 5,
+    ),
+    ReleasedFile(
+        "dynamicrafter_1024_fp16_pruned.safetensors", "Kijai/DynamiCrafter_pruned", "dynamicrafter_1024_fp16_pruned.safetensors",
+        None, "3.1 GB", False, "DynamiCrafter image-to-video 576x1024, fp16, no text/image encoders",
+        ("image_to_video",), 10,
+    ),
+    ReleasedFile(
+        "dynamicrafter_256.ckpt", "Doubiiu/DynamiCrafter", "model.ckpt", None, "10.4 GB", True,
+        "DynamiCrafter image-to-video 256x256, the original release (fp32 pickle; loaded with weights_only)",
+        ("image_to_video",), 3,
+    ),
+    ReleasedFile(
+        "dynamicrafter_512.ckpt", "Doubiiu/DynamiCrafter_512", "model.ckpt", None, "10.4 GB", True,
+        "DynamiCrafter image-to-video 320x512, the original release", ("image_to_video",), 24,
+    ),
+    ReleasedFile(
+        "dynamicrafter_1024.ckpt", "Doubiiu/DynamiCrafter_1024", "model.ckpt", None, "10.4 GB", True,
+        "DynamiCrafter image-to-video 576x1024, the original release", ("image_to_video",), 10,
+    ),
+    ReleasedFile(
+        "dynamicrafter_512_interp.ckpt", "Doubiiu/DynamiCrafter_512_Interp", "model.ckpt", None, "10.4 GB", True,
+        "DynamiCrafter interpolation 320x512, the original release", ("interpolation",), 5,
+    ),
+)
+
 DEFAULT = RELEASED[0]
+# What `animate` downloads when no checkpoint is given: the image-to-video release with its encoders.
+DEFAULT_IMAGE_TO_VIDEO = DYNAMICRAFTER[4]
+FAMILY = RELEASED + DYNAMICRAFTER
 
 # The sketch encoder (sketch guidance, `sketch.py`): a separate file, same layout in all three.
 SKETCH_ENCODERS: tuple[ReleasedFile, ...] = (
@@ -112,7 +158,7 @@ class DownloadError(RuntimeError):
     """A checkpoint could not be fetched; the message says where to get it and where to put it."""
 
 
-def find(name: str, files: tuple[ReleasedFile, ...] = RELEASED) -> Optional[ReleasedFile]:
+def find(name: str, files: tuple[ReleasedFile, ...] = FAMILY) -> Optional[ReleasedFile]:
     return next((f for f in files if f.name == name), None)
 
 

@@ -21,23 +21,27 @@ import torch
 from torch import nn
 
 from ..models.config import (
+    BASE_SCALE_1024,
     ConfigError,
     ModelConfig,
     ResamplerConfig,
+    ScheduleConfig,
     TextEncoderConfig,
     UNetConfig,
     VAEConfig,
     VisionEncoderConfig,
     from_original_yaml,
+    kind_fields,
 )
 from ..models.ops import CastWeights, Default
 from ..models.schedule import SCHEDULE_KEYS, Schedule
 from ..models.tooncrafter import ToonCrafter
-from . import safetensors_file
+from . import catalog, safetensors_file
 
 log = logging.getLogger(__name__)
 
 UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model."
 VISION_PREFIX = "embedder."
 
@@ -56,6 +60,24 @@ CHECKPOINT_ONLY_KEYS: dict[str, str] = {
         )
     },
 }
+
+# Keys a release names otherwise than our modules, renamed on loading as the original's loader does:
+# DynamiCrafter 256 calls the frame-stride embedding `framestride_embed`.
+RENAMED_KEYS: dict[str, str] = {"model.diffusion_model.framestride_embed.": "model.diffusion_model.fps_embedding."}
+
+
+def rename_keys(state: dict) -> dict:
+    """`state` with RENAMED_KEYS applied (the same tensors; shapes dicts work too)."""
+    if not any(k.startswith(old) for k in state for old in RENAMED_KEYS):
+        return state
+    out = {}
+    for key, value in state.items():
+        for old, new in RENAMED_KEYS.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
 
 # Storage-only dtypes: no matmul or convolution takes them, so their layers must cast at run time.
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -142,7 +164,8 @@ _FOREIGN_FAMILIES: tuple[tuple[tuple[str, ...], str], ...] = (
 
 
 def check_is_tooncrafter(keys: Iterable[str], name: str) -> None:
-    """Refuse state dicts of other models: every ToonCrafter file (full or pruned) holds the Resampler."""
+    """Refuse state dicts of other models: every file of the family (ToonCrafter or DynamiCrafter, full or
+    pruned) holds the Resampler."""
     keys = list(keys)
     if any(k.startswith("image_proj_model.") for k in keys):
         return
@@ -156,8 +179,8 @@ def check_is_tooncrafter(keys: Iterable[str], name: str) -> None:
         else "use a ToonCrafter checkpoint, e.g. tooncrafter_512_interp-fp16.safetensors (see the README's Checkpoints)"
     )
     raise CheckpointError(
-        f"{name} is not a ToonCrafter checkpoint: its keys are those of {family} "
-        f"(no image_proj_model.*, the Resampler every ToonCrafter file holds); {fix}"
+        f"{name} is not a ToonCrafter or DynamiCrafter checkpoint: its keys are those of {family} "
+        f"(no image_proj_model.*, the Resampler every file of the family holds); {fix}"
     )
 
 
@@ -219,6 +242,7 @@ def _infer_vae(shapes: Mapping[str, tuple], p: str = "first_stage_model.") -> VA
     fusion = sorted(int(m.group(1)) for k in keys if (m := re.match(r"decoder\.attn_refinement\.(\d+)\.to_q\.weight$", k)))
     inner = s(f"decoder.attn_refinement.{fusion[0]}.to_q.weight")[0] if fusion else 512
     return VAEConfig(
+        reference_decoder=bool(fusion),
         embed_dim=s("quant_conv.weight")[0] // 2,
         z_channels=s("decoder.conv_in.weight")[1],
         in_channels=s("encoder.conv_in.weight")[1],
@@ -277,14 +301,54 @@ def _infer_resampler(shapes: Mapping[str, tuple], p: str = "image_proj_model.") 
     )
 
 
-def infer_config(shapes: Mapping[str, tuple]) -> ModelConfig:
-    """Architecture from weight shapes, for the released model family (head widths as released)."""
-    shapes = {k: tuple(v) for k, v in shapes.items()}
+def infer_schedule(buffers: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple]) -> ScheduleConfig:
+    """The noise process from the schedule buffers a release carries: zero terminal SNR (ᾱ at the last
+    timestep is 0), the prediction (a v model's `sqrt_recip(m1)_alphas_cumprod` are all zero, as the
+    original registers them), the dynamic rescale and its base (`scale_arr`). Without buffers: the
+    frame-stride embedding marks DynamiCrafter 256 (ε, plain schedule), anything else is ToonCrafter's."""
+    ac = buffers.get("alphas_cumprod")
+    recip = buffers.get("sqrt_recip_alphas_cumprod")
+    if ac is None or recip is None or ac.is_meta or recip.is_meta:
+        if any(k.startswith("model.diffusion_model.framestride_embed.") for k in shapes):
+            return ScheduleConfig(rescale_betas_zero_snr=False, parameterization="eps", use_dynamic_rescale=False)
+        return ScheduleConfig()
+    scale = buffers.get("scale_arr")
+    return ScheduleConfig(
+        timesteps=ac.shape[0],
+        rescale_betas_zero_snr=float(ac[-1]) < 1e-6,
+        parameterization="eps" if recip.float().abs().sum() > 0 else "v",
+        use_dynamic_rescale=scale is not None,
+        base_scale=round(float(scale[-1]), 6) if scale is not None else ScheduleConfig.base_scale,
+        turning_step=scale.shape[0] - ac.shape[0] if scale is not None else ScheduleConfig.turning_step,
+    )
+
+
+def infer_config(shapes: Mapping[str, tuple], buffers: Optional[Mapping[str, torch.Tensor]] = None) -> ModelConfig:
+    """Architecture from weight shapes and the kind from the schedule buffers (`infer_schedule`), for the
+    released model family (head widths as released)."""
+    shapes = {k: tuple(v) for k, v in rename_keys(dict(shapes)).items()}
     try:
+        schedule = infer_schedule(buffers or {}, shapes)
+        unet = _infer_unet(shapes)
+        vae = _infer_vae(shapes)
+        # The trained size and the UNet's own fs default of each release (the yaml's image_size, default_fs).
+        if schedule.parameterization == "eps":
+            latent_size, default_fs = (32, 32), 3
+        elif schedule.use_dynamic_rescale and abs(schedule.base_scale - BASE_SCALE_1024) < 1e-6:
+            latent_size, default_fs = (72, 128), 10
+        else:
+            latent_size, default_fs = (40, 64), 24
+        unet = replace(unet, default_fs=default_fs)
+        kind = kind_fields(vae.reference_decoder, schedule.parameterization, schedule.base_scale, False, default_fs)
+        if schedule.parameterization == "eps":
+            kind["fs_meaning"] = "frame stride"
         cfg = ModelConfig(
-            unet=_infer_unet(shapes),
-            vae=_infer_vae(shapes),
+            unet=unet,
+            vae=vae,
             resampler=_infer_resampler(shapes),
+            schedule=schedule,
+            latent_size=latent_size,
+            **kind,
         )
         if TEXT_PREFIX + "model.token_embedding.weight" in shapes:
             cfg = replace(cfg, text=_infer_text(shapes))
@@ -298,15 +362,21 @@ def infer_config(shapes: Mapping[str, tuple]) -> ModelConfig:
     return cfg
 
 
-def config_for(path: str | Path, shapes: Mapping[str, tuple]) -> ModelConfig:
-    """The yaml beside the checkpoint (same stem) if there is one, else the weights' architecture."""
+def config_for(path: str | Path, shapes: Mapping[str, tuple], buffers: Optional[Mapping[str, torch.Tensor]] = None) -> ModelConfig:
+    """The yaml beside the checkpoint (same stem) if there is one, else the weights' architecture and kind;
+    a released file's catalogue entry says which conditioning it was trained with (the weights of
+    DynamiCrafter's 512 image-to-video and interpolation releases cannot tell)."""
     path = Path(path)
     for suffix in (".yaml", ".yml"):
         yaml = path.with_suffix(suffix)
         if yaml.is_file():
             log.info("architecture from %s", yaml.name)
             return from_original_yaml(yaml)
-    return infer_config(shapes)
+    config = infer_config(shapes, buffers)
+    entry = catalog.find(path.name)
+    if entry is not None and entry.tasks and set(entry.tasks) <= set(config.tasks):
+        config = replace(config, tasks=entry.tasks, fs_default=entry.fs_default or config.fs_default)
+    return config
 
 
 def _check_schedule(state: Mapping[str, torch.Tensor], schedule: Schedule, name: str) -> None:
@@ -395,19 +465,26 @@ def load_state_into(
     dtype: Optional[torch.dtype] = None,
     unet_weight_dtype: Optional[torch.dtype] = None,
     part: Optional[Callable[[str], bool]] = None,
+    vae_dtype: Optional[torch.dtype] = None,
 ) -> None:
     """Strict, assigning load of `state` into a (meta-built) model; CHECKPOINT_ONLY_KEYS are checked and dropped.
 
     `state` is consumed: CHECKPOINT_ONLY_KEYS are removed from it, its tensors are cast in place
-    (`dtype`, and `unet_weight_dtype` for the UNet's Linear and Conv weights) and then belong to
-    the model. `part` loads only the model's keys it accepts (strictly: exactly those).
+    (`dtype`, `unet_weight_dtype` for the UNet's Linear and Conv weights, `vae_dtype` for the VAE's) and
+    then belong to the model. `part` loads only the model's keys it accepts (strictly: exactly those).
     """
     _check_schedule(state, model.schedule, name)
     for key in CHECKPOINT_ONLY_KEYS:
         state.pop(key, None)
+    renamed = rename_keys(state)
+    if renamed is not state:
+        state.clear()
+        state.update(renamed)
     expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if part is None or part(k)}
     check_keys(expected, state, name)
     overrides = dict.fromkeys(unet_matrix_keys(model), unet_weight_dtype) if unet_weight_dtype is not None else {}
+    if vae_dtype is not None:
+        overrides.update({k: vae_dtype for k in state if k.startswith(VAE_PREFIX)})
     _cast_in_place(state, dtype, overrides)
     model.load_state_dict(state, strict=part is None, assign=True)
     model.requires_grad_(False)
@@ -425,6 +502,7 @@ def load_model(
     operations=Default,
     unet_weight_dtype: Optional[torch.dtype] = None,
     defer_unet: bool = False,
+    vae_dtype: Optional[torch.dtype] = None,
 ) -> ToonCrafter:
     """Build on the meta device and load a checkpoint file (any released layout) on the CPU.
 
@@ -445,7 +523,7 @@ def load_model(
         state = read_state_dict(path)
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         check_is_tooncrafter(shapes, path.name)
-    config = config or config_for(path, shapes)
+    config = config or config_for(path, shapes, {k: state[k] for k in SCHEDULE_KEYS if k in state})
     has_text = any(k.startswith(TEXT_PREFIX) for k in shapes)
     has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in shapes)
     # Only the UNet takes the storage dtype: it holds 1.44 B of the 2.57 B parameters and stays
@@ -462,11 +540,11 @@ def load_model(
         missing = [k for k in expected if k not in shapes]
         if missing:
             raise CheckpointError(_mismatch_message(path.name, missing, [], "the ToonCrafter architecture", _TOONCRAFTER_HINT))
-        load_state_into(model, state, path.name, dtype, None, part=lambda k: not _is_unet(k))
-        model._deferred_unet = (path, dtype, unet_weight_dtype)
+        load_state_into(model, state, path.name, dtype, None, part=lambda k: not _is_unet(k), vae_dtype=vae_dtype)
+        model.deferred_unet = (path, dtype, unet_weight_dtype)
         log.info("loaded %s without its UNet (read when the encoders are done)", path.name)
         return model
-    load_state_into(model, state, path.name, dtype, unet_weight_dtype)
+    load_state_into(model, state, path.name, dtype, unet_weight_dtype, vae_dtype=vae_dtype)
     log.info(
         "loaded %s (UNet weights %s, VAE weights %s, text encoder: %s, image encoder: %s)",
         path.name,
@@ -481,10 +559,10 @@ def load_model(
 def load_deferred_unet(model: ToonCrafter, device: Optional[torch.device | str] = None) -> None:
     """Read the UNet of a model loaded with `defer_unet` and move it to `device` (nothing to do for
     one loaded whole)."""
-    pending = model.__dict__.pop("_deferred_unet", None)
-    if pending is None:
+    if model.deferred_unet is None:
         return
-    path, dtype, unet_weight_dtype = pending
+    path, dtype, unet_weight_dtype = model.deferred_unet
+    model.deferred_unet = None
     state = read_state_dict(path, keep=_is_unet)
     load_state_into(model, state, path.name, dtype, unet_weight_dtype, part=_is_unet)
     if device is not None:
@@ -498,7 +576,7 @@ def load_deferred_unet(model: ToonCrafter, device: Optional[torch.device | str] 
 def move_model(model: ToonCrafter, device: torch.device | str) -> ToonCrafter:
     """`model.to(device)`, except that a UNet still unread (`defer_unet`) stays unread:
     `load_deferred_unet(model, device)` puts it there."""
-    if "_deferred_unet" not in model.__dict__:
+    if model.deferred_unet is None:
         return model.to(device)
     for child in model.children():
         if child is not model.model:
@@ -507,16 +585,21 @@ def move_model(model: ToonCrafter, device: torch.device | str) -> ToonCrafter:
 
 
 def load_for(
-    path: str | Path, dtype: torch.dtype, weight_dtype: Optional[torch.dtype] = None, defer_unet: bool = False
+    path: str | Path,
+    dtype: torch.dtype,
+    weight_dtype: Optional[torch.dtype] = None,
+    defer_unet: bool = False,
+    vae_dtype: Optional[torch.dtype] = None,
 ) -> ToonCrafter:
-    """A model that computes in `dtype` with its weights stored in `weight_dtype` (None: `dtype`).
+    """A model that computes in `dtype` with its weights stored in `weight_dtype` (None: `dtype`), its VAE
+    in `vae_dtype` (None: like the rest).
 
     fp8 storage applies to the UNet's Linear and Conv weights (the rest is in `dtype`); any other
     storage dtype builds every layer as a casting layer that converts its weights at each call.
     `defer_unet`: see `load_model`.
     """
     if weight_dtype in FP8_DTYPES:
-        return load_model(path, dtype=dtype, unet_weight_dtype=weight_dtype, defer_unet=defer_unet)
+        return load_model(path, dtype=dtype, unet_weight_dtype=weight_dtype, defer_unet=defer_unet, vae_dtype=vae_dtype)
     if weight_dtype is None or weight_dtype == dtype:
-        return load_model(path, dtype=dtype, defer_unet=defer_unet)
-    return load_model(path, dtype=weight_dtype, operations=CastWeights, defer_unet=defer_unet)
+        return load_model(path, dtype=dtype, defer_unet=defer_unet, vae_dtype=vae_dtype)
+    return load_model(path, dtype=weight_dtype, operations=CastWeights, defer_unet=defer_unet, vae_dtype=vae_dtype)
