@@ -4,7 +4,13 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-shared="$repo/../shared"
+# The pinned ComfyUI (comfyui/) and the reference cases recorded from the original code (reference/):
+# beside the clone in this project's CI, anywhere else through TOONCRAFTER_SHARED.
+shared="${TOONCRAFTER_SHARED:-$repo/../shared}"
+if [ ! -f "$shared/comfyui/requirements.txt" ] || [ ! -d "$shared/reference" ]; then
+    echo "error: the tests need the pinned ComfyUI and the reference cases in $shared (comfyui/, reference/): put them there or set TOONCRAFTER_SHARED to their folder (see docs/development.md)" >&2
+    exit 1
+fi
 pip=(python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore)
 
 tmp="$(mktemp -d)"

@@ -21,6 +21,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -31,7 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = REPO.parent / "shared" / "reference" / "tiny-4f-64x64"
+TINY = Path(os.environ.get("TOONCRAFTER_SHARED", REPO.parent / "shared")) / "reference" / "tiny-4f-64x64"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 log = logging.getLogger("ode_error")

@@ -73,7 +73,9 @@ def install_example_keyframes() -> None:
 
 def _choices(folder: str, released) -> list[str]:
     """Files in a model folder, then the released files not downloaded yet."""
-    present = [f for f in folder_paths.get_filename_list(folder) if os.path.splitext(f)[1] in EXTENSIONS]
+    # Hidden folders hold unfinished downloads (catalog.STAGING) and other tools' leftovers.
+    present = [f for f in folder_paths.get_filename_list(folder) if os.path.splitext(f)[1] in EXTENSIONS
+               and not any(part.startswith(".") for part in f.replace("\\", "/").split("/"))]
     return present + [f.name for f in released if f.name not in present]
 
 
@@ -256,13 +258,13 @@ def text_context(handle: ToonCrafterModel, prompts: list[str], clip=None) -> tor
     return _out(ctx)
 
 
-def conditioning_text(handle: ToonCrafterModel, conditioning: list, name: str, batch: int) -> tuple[torch.Tensor, dict]:
+def conditioning_text(handle: ToonCrafterModel, entries: list, name: str, batch: int) -> tuple[torch.Tensor, dict]:
     """A CLIPTextEncode CONDITIONING (one entry, OpenCLIP ViT-H) -> ((batch 77 d) text context, its options)."""
-    if not conditioning:
+    if not entries:
         raise errors.InputError(f"{name} is empty: connect a CLIPTextEncode with the OpenCLIP ViT-H text encoder")
-    if len(conditioning) > 1:
-        raise errors.InputError(f"{name} holds {len(conditioning)} conditionings; ToonCrafter takes one (no combine/concat)")
-    hidden, options = conditioning[0]
+    if len(entries) > 1:
+        raise errors.InputError(f"{name} holds {len(entries)} conditionings; ToonCrafter takes one (no combine/concat)")
+    hidden, options = entries[0]
     context = conditioning.external_text_context(hidden, handle.config)
     if context.shape[0] not in (1, batch):
         raise errors.InputError(f"{name} has a batch of {context.shape[0]} prompts for {batch} keyframe pairs")

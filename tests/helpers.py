@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# The pinned ComfyUI and the reference cases (see docs/development.md): beside the clone, or TOONCRAFTER_SHARED.
+SHARED = Path(os.environ.get("TOONCRAFTER_SHARED", REPO.parent / "shared"))
 REFERENCE = SHARED / "reference"
 MANIFEST = REFERENCE / "tooncrafter_512_interp_keys.json"
 TINY = REFERENCE / "tiny-4f-64x64"

@@ -80,3 +80,34 @@ def test_documented_command_uses_real_options(where, command, capsys):
     assert not unknown, f"{where}: {command!r} uses options that {words[0]} does not have: {unknown}"
     if not any(c in command for c in "[]") and "..." not in command:
         verb.parse_args(words[1:])  # a whole command: its values must parse too (choices, types)
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    _, verbs = _subparsers()
+    for name, verb in verbs.items():
+        text = verb.format_help()
+        for action in verb._actions:
+            if action.option_strings and action.default not in (None, False, "", [], "==SUPPRESS=="):
+                helped = verb._get_formatter()._get_help_string(action) % {"default": action.default}
+                assert "default" in helped and helped.split("default")[0].strip() in " ".join(text.split()), (name, action.dest)
+    interpolate = " ".join(verbs["interpolate"].format_help().split())
+    for shown in ("DDIM steps (default: 50", "guidance scale (default: 7.5)", "eta, 0 deterministic (default: 1.0)",
+                  "(default: the model's: 10 ToonCrafter", "random draw (default: 123)", "frame rate (default: 8)"):
+        assert shown in interpolate
+
+
+def test_the_node_reference_lists_every_node_with_every_input():
+    """docs/nodes.md has a row per node of node_list.json naming each of its inputs (test_comfy_nodes.py
+    checks DOCUMENTED against the running ComfyUI's /object_info)."""
+    import json
+
+    from test_comfy_nodes import DOCUMENTED
+
+    names = json.loads((REPO / "node_list.json").read_text())
+    rows = {line.split("|")[1].strip(): line for line in (REPO / "docs" / "nodes.md").read_text().splitlines()
+            if line.startswith("| **")}
+    for node_id, display in names.items():
+        row = rows.get(f"**{display}**")
+        assert row is not None, f"docs/nodes.md has no row for {display}"
+        for name in DOCUMENTED[node_id][0]:
+            assert f"`{name}`" in row, f"docs/nodes.md: {display} does not name its input {name}"

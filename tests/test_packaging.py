@@ -41,3 +41,43 @@ def test_readme_lists_every_release_and_node_and_the_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     command = ci.strip().splitlines()[-1]
     assert command == "python3 -m pytest -q tests" and command in readme
+
+
+def test_a_clone_installs_the_core_library_and_the_tooncrafter_command(tmp_path):
+    """`pip install "<clone>[eval]"` in a fresh virtual environment (the machine's packages visible, so
+    nothing large is downloaded) gives `tooncrafter` and `import tooncrafter_core` from any folder."""
+    import os
+    import subprocess
+    import sys
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python, elsewhere = venv / "bin" / "python", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[eval]"], capture_output=True, text=True,
+                             cwd=elsewhere, env=env)
+    assert install.returncode == 0, install.stderr[-2000:]
+    helped = subprocess.run([str(venv / "bin" / "tooncrafter"), "--help"], capture_output=True, text=True, cwd=elsewhere,
+                            env=env)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: tooncrafter ")
+    for verb in ("interpolate", "animate", "colorize", "train-lora"):
+        assert verb in helped.stdout
+    where = subprocess.run([str(python), "-c", "import tooncrafter_core, nodes; print(tooncrafter_core.__file__)"],
+                           capture_output=True, text=True, cwd=elsewhere, env=env)
+    # The core is installed; the node pack is not (ComfyUI loads it from custom_nodes).
+    assert "No module named 'nodes'" in where.stderr
+    imported = subprocess.run([str(python), "-c", "import tooncrafter_core; print(tooncrafter_core.__file__)"],
+                              capture_output=True, text=True, cwd=elsewhere, env=env)
+    assert imported.returncode == 0 and str(venv) in imported.stdout, imported.stderr
+
+
+def test_ci_install_without_the_shared_folder_fails_in_one_line_naming_it(tmp_path):
+    import os
+    import subprocess
+
+    run = subprocess.run(["bash", str(REPO / ".ci" / "install.sh")], capture_output=True, text=True,
+                         env={**os.environ, "TOONCRAFTER_SHARED": str(tmp_path / "missing")})
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert f"{tmp_path / 'missing'} (comfyui/, reference/)" in run.stderr and "TOONCRAFTER_SHARED" in run.stderr

@@ -16,7 +16,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "comfyui-tooncrafter[eval]" (or pip install scikit-image lpips)'
+INSTALL_HINT = 'pip install scikit-image lpips (or, in the pack\'s folder, pip install ".[eval]")'
 CSV_COLUMNS = ("triplet", "psnr", "ssim", "lpips")
 UNAVAILABLE = "unavailable"
 

@@ -61,7 +61,7 @@ def _import_ray():
         import ray
     except ImportError:
         raise BatchError(
-            'Ray is not installed: pip install "comfyui-tooncrafter[cluster]" (or pip install "ray[default]"), '
+            'Ray is not installed: pip install "ray[default]" (or, in the pack\'s folder, pip install ".[cluster]"), '
             "or run without --ray"
         ) from None
     return ray

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -23,8 +25,14 @@ from ..weights.checkpoint import WEIGHT_DTYPES, load_deferred_unet, load_for, mo
 from ..weights.lora import parse_spec
 from ..weights.sketch_encoder import load_sketch_encoder
 
-# Where checkpoints and sketch encoders are downloaded when no file is named.
+log = logging.getLogger(__name__)
+
+# Where checkpoints and sketch encoders are downloaded when no file is named and the pack is not inside
+# a ComfyUI (relative to the current folder).
 MODELS_DIR = Path("models/tooncrafter")
+MODELS_ENV = "TOONCRAFTER_MODELS"
+# This package's folder's parent: the pack, which may sit in ComfyUI/custom_nodes/.
+PACK_DIR = Path(__file__).absolute().parents[2]
 
 
 def add_lora_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +54,7 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
                         help="the VAE's dtype, for its encode and decode (default: --dtype)")
 
 
-def add_device_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+def add_device_argument(parser: argparse.ArgumentParser, help: str = "where to compute: cuda (a GPU) or cpu") -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help=help)
 
 
@@ -113,7 +121,55 @@ def output_size(args: argparse.Namespace, config) -> tuple[int, int]:
 
 
 def add_models_dir_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="where downloads go")
+    parser.add_argument("--models-dir", type=Path,
+                        help=f"where released files are found and downloaded (default: ${MODELS_ENV}; else, with the "
+                        "pack in ComfyUI/custom_nodes, that ComfyUI's models/tooncrafter or its extra_model_paths.yaml "
+                        f"'tooncrafter' entry; else {MODELS_DIR} in the current folder)")
+
+
+def default_models_dir(pack: Path = PACK_DIR, environ=os.environ) -> tuple[Path, str]:
+    """The models folder when --models-dir is not given, and why: $TOONCRAFTER_MODELS; ComfyUI's folder
+    when `pack` sits in its custom_nodes/ (so the CLI and ComfyUI share one copy of each file); else
+    ./models/tooncrafter."""
+    if environ.get(MODELS_ENV):
+        return Path(environ[MODELS_ENV]), f"${MODELS_ENV}"
+    comfy = pack.parent.parent
+    if pack.parent.name == "custom_nodes" and (comfy / "folder_paths.py").is_file():
+        listed = _extra_model_paths(comfy / "extra_model_paths.yaml")
+        if listed:
+            return listed[0], f"the 'tooncrafter' entry of {comfy / 'extra_model_paths.yaml'}"
+        return comfy / "models" / "tooncrafter", f"the pack is in {comfy}'s custom_nodes"
+    return MODELS_DIR, "the default, in the current folder"
+
+
+def _extra_model_paths(path: Path) -> list[Path]:
+    """The folders a ComfyUI extra_model_paths.yaml lists under `tooncrafter`, default sections first."""
+    if not path.is_file():
+        return []
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        log.warning("%s is not valid YAML; ignoring it", path)
+        return []
+    sections = sorted((c for c in config.values() if isinstance(c, dict)), key=lambda c: not c.get("is_default"))
+    folders = []
+    for section in sections:
+        base = Path(os.path.expanduser(str(section.get("base_path", path.parent))))
+        base = base if base.is_absolute() else path.parent / base
+        for line in str(section.get("tooncrafter") or "").splitlines():
+            if line.strip():
+                folder = Path(os.path.expanduser(line.strip()))
+                folders.append(folder if folder.is_absolute() else base / folder)
+    return folders
+
+
+def resolve_models_dir(args: argparse.Namespace) -> None:
+    """Fill in --models-dir where a verb has it and it was not given, saying which folder and why."""
+    if getattr(args, "models_dir", False) is None:
+        args.models_dir, why = default_models_dir()
+        log.info("models folder: %s (%s)", args.models_dir, why)
 
 
 def check_out_dir(path: Path, flag: str = "--out") -> None:

@@ -1,5 +1,5 @@
 """`python -m tooncrafter_core train-lora --data DIR --ckpt CKPT --out DIR`: a LoRA for the UNet, trained on
-your own triplet or clip folders (the train extra: pip install "comfyui-tooncrafter[train]")."""
+your own triplet or clip folders (needs peft: pip install peft, or ".[train]" in the pack's folder)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..training.lora import LOSSES, LoraTask, StepSettings
 from ..training.objective import load_lpips
 from ..weights import catalog
 from ..weights.checkpoint import load_for
-from .common import add_device_argument, add_models_dir_argument, add_size_arguments, check_out_dir
+from .common import add_device_argument, add_models_dir_argument, add_size_arguments, check_out_dir, resolve_models_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,4 +150,5 @@ def train(data: Path, out: Path, on_step: Optional[loop.StepHook] = None, **opti
     if unknown:
         raise TypeError(f"train-lora has no option {', '.join(unknown)}: see python -m tooncrafter_core train-lora --help")
     vars(args).update(options)
+    resolve_models_dir(args)
     return run(args, on_step)

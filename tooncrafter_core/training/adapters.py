@@ -22,7 +22,7 @@ SPATIAL_CROSS_ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 PRESETS = {"attn2": "the spatial transformers' cross-attention projections attn2.to_q/to_k/to_v/to_out.0"}
 PEFT_WEIGHTS = "adapter_model.safetensors"
 KOHYA_WEIGHTS = "lora_kohya.safetensors"
-INSTALL_HINT = 'pip install "comfyui-tooncrafter[train]" (or pip install peft)'
+INSTALL_HINT = 'pip install peft (or, in the pack\'s folder, pip install ".[train]")'
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ download fails at once with a message naming the file, its source and the folder
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import shutil
+import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,37 +168,65 @@ def manual_instructions(entry: ReleasedFile, folder: Path) -> str:
     return f"download {entry.url} ({entry.size}) and save it as {Path(folder) / entry.name}"
 
 
+# Unfinished and unverified downloads live in this hidden folder of the models folder; a file reaches its
+# name there only once complete and checked (loaders list the models folder, never this one).
+STAGING = ".tooncrafter-download"
+HASH_CHUNK = 16 << 20
+
+
 def download(entry: ReleasedFile, folder: str | Path, tqdm_class=None) -> Path:
-    """Fetch `entry` into `folder` (resumes a partial download); returns the file's path."""
+    """Fetch `entry` into `folder` (resumes a partial download), check it against the size and sha256
+    the hub publishes, and only then give it its name; returns the file's path."""
     folder = Path(folder)
     target = folder / entry.name
     if target.is_file():
         return target
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
     except ImportError:
         raise DownloadError(f"huggingface_hub is not installed; {manual_instructions(entry, folder)}") from None
-    host = urlparse(entry.url).hostname
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(f"HF_HUB_OFFLINE is set, so nothing is downloaded: {manual_instructions(entry, folder)}")
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
     try:
         # A quick probe: offline, huggingface_hub would retry for half a minute before giving up.
-        socket.create_connection((host, 443), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as e:
         raise DownloadError(f"cannot reach {host} ({e}); {manual_instructions(entry, folder)}") from None
-    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s (%s) from %s", entry.name, entry.size, entry.repo_id)
     try:
-        path = Path(
-            hf_hub_download(
-                entry.repo_id,
-                entry.filename,
-                revision=entry.revision,
-                local_dir=folder,
-                tqdm_class=tqdm_class,
-                etag_timeout=5,
-            )
-        )
+        published = get_hf_file_metadata(hf_hub_url(entry.repo_id, entry.filename, revision=entry.revision), timeout=10)
+        path = Path(hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision, local_dir=staging,
+                                    tqdm_class=tqdm_class, etag_timeout=5))
     except Exception as e:  # network, offline mode, auth, disk: all end in the same advice
         raise DownloadError(f"could not download {entry.name} ({type(e).__name__}: {e}); {manual_instructions(entry, folder)}") from e
-    if path != target:
-        shutil.move(str(path), target)
+    unverified = staging / f"{entry.name}.unverified"
+    os.replace(path, unverified)
+    problem = _mismatch(unverified, published.size, published.etag)
+    if problem:
+        unverified.unlink()
+        raise DownloadError(f"the downloaded {entry.name} is not the file {entry.repo_id} publishes ({problem}): deleted it; "
+                            f"run again to download it again, or {manual_instructions(entry, folder)}")
+    os.replace(unverified, target)
     return target
+
+
+def _mismatch(path: Path, size: Optional[int], etag: Optional[str]) -> Optional[str]:
+    """What differs between the file and the hub's size and (for large files, whose etag is it) sha256."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"{actual} bytes, the hub says {size}"
+    expected = (etag or "").strip('"').removeprefix("W/").strip('"').lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        return None  # a small file's etag is a git hash, not its sha256; its size matched
+    log.info("checking the sha256 of %s", path.name)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(HASH_CHUNK), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        return f"sha256 {digest.hexdigest()[:12]}…, the hub says {expected[:12]}…"
+    return None
