@@ -1,6 +1,7 @@
 """ToonCrafter Train LoRA: `train-lora` of the core inside ComfyUI, saving into models/loras."""
 
 import os
+import shutil
 from pathlib import Path
 
 import comfy.model_management as mm
@@ -9,6 +10,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..tooncrafter_core import files
 from ..tooncrafter_core.commands import train_lora
 from ..tooncrafter_core.training.adapters import KOHYA_WEIGHTS, PEFT_WEIGHTS
 from ..tooncrafter_core.training.lora import LOSSES
@@ -62,12 +64,11 @@ class ToonCrafterTrainLora(io.ComfyNode):
     @classmethod
     def execute(cls, model, data_folder, lora_name, steps, learning_rate, rank, alpha, width, height, frames, loss,
                 gradient_checkpointing, seed, prompt) -> io.NodeOutput:
-        name = lora_name.strip().strip("/\\")
-        if not name or os.sep in name or name.startswith("."):
-            raise ValueError(f"lora_name {lora_name!r}: give a plain folder name such as my_tooncrafter_lora")
+        # The name becomes two folders: it must stay one plain entry of each (no .., no absolute path, no link out).
+        name = lora_name.strip()
+        target = files.child(folder_paths.get_folder_paths("loras")[0], name, "lora_name")
+        out = str(files.child(os.path.join(folder_paths.get_output_directory(), RUNS), name, "lora_name"))
         data = data_folder if os.path.isabs(data_folder) else os.path.join(folder_paths.get_input_directory(), data_folder)
-        out = os.path.join(folder_paths.get_output_directory(), RUNS, name)
-        target = os.path.join(folder_paths.get_folder_paths("loras")[0], name)
         options = dict(
             ckpt=Path(tc_model.resolve_checkpoint(model.name)), steps=steps, lr=learning_rate, rank=rank, alpha=alpha,
             width=width, height=height, frames=frames or None, loss=loss, seed=seed, prompt=prompt,
@@ -90,8 +91,10 @@ class ToonCrafterTrainLora(io.ComfyNode):
         except KeyboardInterrupt:
             mm.throw_exception_if_processing_interrupted()
             raise
-        os.makedirs(target, exist_ok=True)
-        for file in (PEFT_WEIGHTS, "adapter_config.json", KOHYA_WEIGHTS):
-            os.replace(os.path.join(out, file), os.path.join(target, file))
+        # models/loras/<name> appears whole or not at all: a LoRA list never shows a half-copied adapter.
+        with files.atomic_path(target) as partial:
+            partial.mkdir()
+            for file in (PEFT_WEIGHTS, "adapter_config.json", KOHYA_WEIGHTS):
+                shutil.copyfile(os.path.join(out, file), partial / file)
         lora = f"{name}/{PEFT_WEIGHTS}"
         return io.NodeOutput(tc_model.with_lora(model, lora, 1.0), lora)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -178,3 +180,70 @@ def make_clips(root: Path, clips: int = 4, frames: int = 6, size: tuple[int, int
             im.save(folder / f"{f:03d}.png")
         (folder / "prompt.txt").write_text(f"a ball moves right, clip {c}")
     return root
+
+
+class StandInHub:
+    """A local stand-in for the Hugging Face endpoint (HF_ENDPOINT): serves `files` under
+    /{repo}/resolve/{revision}/{filename}, publishing the true size and sha256 of `published` bytes
+    (so serving other bytes is a corrupted download)."""
+
+    def __init__(self, seconds_per_mib: float = 0.0):
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.seconds_per_mib = seconds_per_mib
+        self.files: dict[str, tuple[bytes, bytes]] = {}  # path -> (served, published)
+        self.requests: list[str] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _headers(self):
+                path = urllib.parse.unquote(self.path.split("?")[0])
+                hub.requests.append(f"{self.command} {path}")
+                if path not in hub.files:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                served, published = hub.files[path]
+                sha = hashlib.sha256(published).hexdigest()
+                self.send_response(200)
+                for key, value in (("X-Repo-Commit", "a" * 40), ("ETag", f'"{sha}"'), ("X-Linked-Etag", f'"{sha}"'),
+                                   ("X-Linked-Size", str(len(published))), ("Content-Length", str(len(served)))):
+                    self.send_header(key, value)
+                self.end_headers()
+                return served
+
+            def do_HEAD(self):
+                self._headers()
+
+            def do_GET(self):
+                body = self._headers()
+                for i in range(0, len(body or b""), 1 << 16):  # slowed down, to be killed mid-transfer
+                    self.wfile.write(body[i : i + (1 << 16)])
+                    time.sleep(hub.seconds_per_mib / 16)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def serve(self, entry, served: bytes, published: bytes | None = None) -> None:
+        self.files[f"/{entry.repo_id}/resolve/{entry.revision or 'main'}/{entry.filename}"] = (served, published or served)
+
+    def download(self, entry, folder, **env):
+        """`catalog.download` in a fresh process pointed at this endpoint -> (exit code, stderr)."""
+        import subprocess
+        import sys
+
+        code = ("import logging, sys; logging.basicConfig(level=logging.INFO)\n"
+                "from tooncrafter_core.weights import catalog\n"
+                f"try: print(catalog.download(catalog.find({entry.name!r}), {str(folder)!r}))\n"
+                "except catalog.DownloadError as e: sys.exit(f'error: {e}')")
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "HF_ENDPOINT": self.url, "HF_HUB_DISABLE_XET": "1",
+                                  "HF_HOME": str(folder.parent / "hf_home"), **env})
+        return run.returncode, run.stderr

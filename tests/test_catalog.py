@@ -1,12 +1,12 @@
 """Released-file catalogue and first-run download (network replaced by fakes)."""
 
-import hashlib
 import os
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from helpers import StandInHub
 
 from tooncrafter_core import __main__ as cli
 from tooncrafter_core.weights import catalog
@@ -30,74 +30,6 @@ def test_present_file_is_used_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", _offline)
     (tmp_path / catalog.DEFAULT.name).write_bytes(b"x")
     assert catalog.download(catalog.DEFAULT, tmp_path) == tmp_path / catalog.DEFAULT.name
-
-
-class StandInHub:
-    """A local stand-in for the Hugging Face endpoint (HF_ENDPOINT): serves `files` under
-    /{repo}/resolve/{revision}/{filename}, publishing the true size and sha256 of `published` bytes
-    (so serving other bytes is a corrupted download)."""
-
-    def __init__(self):
-        import http.server
-        import threading
-        import urllib.parse
-
-        self.files: dict[str, tuple[bytes, bytes]] = {}  # path -> (served, published)
-        self.requests: list[str] = []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _headers(self):
-                path = urllib.parse.unquote(self.path.split("?")[0])
-                hub.requests.append(f"{self.command} {path}")
-                if path not in hub.files:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return None
-                served, published = hub.files[path]
-                sha = hashlib.sha256(published).hexdigest()
-                self.send_response(200)
-                for key, value in (("X-Repo-Commit", "a" * 40), ("ETag", f'"{sha}"'), ("X-Linked-Etag", f'"{sha}"'),
-                                   ("X-Linked-Size", str(len(published))), ("Content-Length", str(len(served)))):
-                    self.send_header(key, value)
-                self.end_headers()
-                return served
-
-            def do_HEAD(self):
-                self._headers()
-
-            def do_GET(self):
-                body = self._headers()
-                if body is not None:
-                    self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def serve(self, entry, served: bytes, published: bytes | None = None) -> None:
-        self.files[f"/{entry.repo_id}/resolve/{entry.revision or 'main'}/{entry.filename}"] = (served, published or served)
-
-    def download(self, entry, folder, **env):
-        """`catalog.download` in a fresh process pointed at this endpoint -> (exit code, stderr)."""
-        import subprocess
-        import sys
-
-        code = ("import logging, sys; logging.basicConfig(level=logging.INFO)\n"
-                "from tooncrafter_core.weights import catalog\n"
-                f"try: print(catalog.download(catalog.find({entry.name!r}), {str(folder)!r}))\n"
-                "except catalog.DownloadError as e: sys.exit(f'error: {e}')")
-        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
-                             env={**os.environ, "HF_ENDPOINT": self.url, "HF_HUB_DISABLE_XET": "1",
-                                  "HF_HOME": str(folder.parent / "hf_home"), **env})
-        return run.returncode, run.stderr
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

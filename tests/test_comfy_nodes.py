@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -92,11 +93,19 @@ def test_pack_imports_and_lists_every_documented_node(comfy_server):
                 assert spec[1].get("tooltip"), f"{node}.{name} has no tooltip"
 
 
-def test_loader_lists_present_files_and_known_releases(comfy_server):
-    options = comfy_server.object_info("ToonCrafterModelLoader")["ToonCrafterModelLoader"]["input"]["required"]["ckpt_name"][1]["options"]
-    assert options[0] == TINY_CKPT
-    assert "tooncrafter_512_interp-fp16.safetensors" in options
+def test_loader_lists_present_files_and_known_releases_but_no_unfinished_download(comfy_server):
+    staging = comfy_server.tooncrafter_models_dir / ".tooncrafter-download"
+    staging.mkdir(exist_ok=True)
+    (staging / "tooncrafter_512_interp-fp16.safetensors").write_bytes(b"half a download")
+    try:
+        info = comfy_server.object_info("ToonCrafterModelLoader")["ToonCrafterModelLoader"]
+    finally:
+        shutil.rmtree(staging)
+    options = info["input"]["required"]["ckpt_name"][1]["options"]
+    # Files present first, then the releases not downloaded yet; the staged file is neither.
+    assert options.index(TINY_CKPT) < options.index("tooncrafter_512_interp-fp16.safetensors")
     assert "tooncrafter_512_interp-pruned-fp16.safetensors" in options
+    assert not any(o.startswith(".") or "/." in o for o in options)
 
 
 def test_loader_offers_the_documented_weight_dtypes(comfy_server):

@@ -3,6 +3,7 @@ models/loras and its model draws with the LoRA; a distilled student loads in the
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -38,6 +39,27 @@ def test_train_lora_node_saves_the_lora_and_its_model_draws_with_it(comfy_server
     for node in ("4", "5", "6"):
         again[node]["inputs"]["model"] = ["31", 0]
     assert np.array_equal(_saved_images(comfy_server, comfy_server.run(again, timeout=600)), trained)
+
+
+def test_a_lora_name_that_would_write_outside_models_loras_is_refused(comfy_server):
+    loras = comfy_server.models_dir / "loras"
+    (loras / "linked_out").symlink_to(comfy_server.root, target_is_directory=True)
+    for name, message in (("../../evil", "lora_name '../../evil' cannot name a folder inside"),
+                          ("/tmp/evil", "lora_name '/tmp/evil' cannot name a folder inside"),
+                          ("linked_out", "lora_name 'linked_out': ")):
+        prompt = _seed_prompt(seed=52)
+        prompt["30"] = {"class_type": "ToonCrafterTrainLora", "inputs": {
+            "model": ["1", 0], "data_folder": "tc_train", "lora_name": name, "steps": 1, "learning_rate": 1e-2,
+            "rank": 4, "alpha": 4.0, "width": 64, "height": 64, "frames": 0, "loss": "v", "gradient_checkpointing": True,
+            "seed": 0, "prompt": ""}}
+        for node in ("4", "5", "6"):
+            prompt[node]["inputs"]["model"] = ["30", 0]
+        entry = comfy_server.wait_for(comfy_server.queue_prompt(prompt), timeout=300, check=False)
+        errors = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+        assert errors and errors[0]["exception_message"].startswith(message), errors
+        assert "\n" not in errors[0]["exception_message"].strip()
+    assert not (comfy_server.root.parent / "evil").exists() and not os.path.exists("/tmp/evil")
+    (loras / "linked_out").unlink()
 
 
 def test_a_distilled_student_runs_in_the_comfyui_loader(comfy_server, tmp_path):

@@ -83,8 +83,9 @@ def test_merged_lora_checkpoint_equals_merging_at_load_time(ckpt, tmp_path):
 #   tiny-4f:  fp16 file + fp16 compute 1.10e-2 / 7.8e-3; bf16 file + bf16 compute 8.9e-2 / 7.0e-2;
 #             bf16 file + fp32 compute (storage alone) 2.4e-2 / 2.2e-2
 #   tiny-16f: fp16 + fp16 8.2e-3 / 7.6e-3; bf16 + bf16 7.1e-2 / 6.2e-2; bf16 + fp32 2.7e-2 / 2.7e-2
-# The fixture's weights are exact in fp16, so an fp16 file computing in fp32 stays at fp32 parity.
-REPLAY_BOUNDS = {("fp16", "fp32"): 1e-4, ("fp16", "fp16"): 2e-2, ("bf16", "fp32"): 4e-2, ("bf16", "bf16"): 0.15}
+#   dc-interp512-8f-32x32: bf16 + fp32 4.4e-2 (its worst stage)
+# The fixtures' weights are exact in fp16, so an fp16 file computing in fp32 stays at fp32 parity.
+REPLAY_BOUNDS = {("fp16", "fp32"): 1e-4, ("fp16", "fp16"): 2e-2, ("bf16", "fp32"): 5e-2, ("bf16", "bf16"): 0.15}
 
 
 @pytest.mark.parametrize("case", reference_cases(), ids=lambda p: p.name)
@@ -133,11 +134,12 @@ def test_an_injected_overflow_stops_sampling_with_the_fix(ckpt):
 
 
 def test_cli_names_the_dtype_option_on_overflow(ckpt, tmp_path, caplog, monkeypatch):
-    import tooncrafter_core.commands.interpolate as cli
+    import tooncrafter_core.commands.common as cli
 
     for name, color in (("a.png", (250, 40, 40)), ("b.png", (40, 40, 250))):
         Image.new("RGB", (64, 64), color).save(tmp_path / name)
-    monkeypatch.setattr(cli, "load_for", lambda path, dtype, weight_dtype=None, defer_unet=False: _overflowing(path, dtype))
+    monkeypatch.setattr(cli, "load_for", lambda path, dtype, weight_dtype=None, **kwargs: _overflowing(path, dtype))
+    monkeypatch.setattr(cli, "load_deferred_unet", lambda model, device: None)  # the overflowing UNet is in place
     code = main(["interpolate", "--ckpt", str(ckpt), "--start", str(tmp_path / "a.png"), "--end", str(tmp_path / "b.png"),
                  "--steps", "2", "--device", "cpu", "--dtype", "fp16", "--out", str(tmp_path / "out")])
     assert code == 3

@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import files
+
 FIT_METHODS = ("crop", "stretch", "pad")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -106,8 +108,8 @@ def frame_name(index: int) -> str:
 def save_images(frames: torch.Tensor, paths: Sequence[Path]) -> list[Path]:
     """(t 3 H W) in [0, 1] -> one 8-bit PNG per frame at `paths`."""
     for im, path in zip(_pil_frames(frames), paths):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        im.save(path)
+        with files.atomic_path(path) as partial:  # a killed run leaves no truncated PNG under the name
+            im.save(partial, format="PNG")
     return list(paths)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .. import colorize, frames
+from .. import colorize, files, frames
 from ..errors import InputError
 from . import common
 
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     line_files = frames.image_files(args.line_art, "line-art")
     line_art = colorize.prepare_line_art([frames.load_image(f, paper=True) for f in line_files],
                                          [f.name for f in line_files])
-    files, indices = frames.numbered_files(args.keys, "key")
-    key_files = dict(zip(indices, files))
+    key_paths, indices = frames.numbered_files(args.keys, "key")
+    key_files = dict(zip(indices, key_paths))
     keys = {k: frames.load_image(f, paper=True) for k, f in key_files.items()}
     options = colorize.ColorizeOptions(args.seed, args.sketch_scale, args.max_segment, args.single_key,
                                        args.line_overlay, args.color_match)
@@ -129,14 +129,14 @@ def run(args: argparse.Namespace) -> int:
     def keep(segment: colorize.Segment, made: torch.Tensor) -> None:
         frames.save_images(made, [args.out / frames.frame_name(k) for k in segment.frames])
         done.append(segment.index)
-        manifest.write_text(json.dumps({"settings": settings, "done": sorted(done)}, indent=1))
+        files.write_text(manifest, json.dumps({"settings": settings, "done": sorted(done)}, indent=1))
 
     runner = colorize.PipelineRunner(
         loaded.model, common.sketch_encoder(args, loaded.dtype, loaded.device), args.prompt, loaded.sampling,
         loaded.options(), args.sketch_scale, loaded.swap_encoders_for_unet, progress,
     )
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"settings": settings, "done": done}, indent=1))
+    files.write_text(manifest, json.dumps({"settings": settings, "done": done}, indent=1))
     try:
         shot = colorize.colorize(runner, line_art, keys, (height, width), options, args.resize, finished, keep)
     except (InputError, FloatingPointError, torch.OutOfMemoryError) as e:

@@ -19,7 +19,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from .. import frames
+from .. import files, frames
 from ..runtime import COMPUTE_DTYPES, compute_dtype_name
 from ..sequences import interpolate_sequence, segment_pairs, segment_prompts
 from ..settings import RuntimeOptions, SamplingConfig
@@ -286,11 +285,7 @@ def is_done(out: Path, shot: Shot, print_: dict) -> bool:
 
 def write_shot(out: Path, shot: Shot, print_: dict, clip: torch.Tensor, seconds: float, fps: int = 8) -> Path:
     """Frames and preview of a finished shot, then its shot.json, atomically and last."""
-    folder = out / shot.id
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("frame_*.png"), folder / DONE]:
-        old.unlink(missing_ok=True)  # a re-render may have fewer frames than the last one
-    frames.save_frames(clip, folder, fps)
+    folder = files.child(out, shot.id, "shot id")
     record = {
         "id": shot.id,
         "line": shot.line,
@@ -299,9 +294,11 @@ def write_shot(out: Path, shot: Shot, print_: dict, clip: torch.Tensor, seconds:
         "seconds": round(seconds, 3),
         "fingerprint": print_,
     }
-    tmp = folder / (DONE + ".partial")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / DONE)
+    # The whole folder renamed into place when complete (a re-render replaces the old one whole, so it
+    # keeps no frames of a longer old clip); a killed write leaves the last complete render or none.
+    with files.atomic_path(folder) as partial:
+        frames.save_frames(clip, partial, fps)
+        (partial / DONE).write_text(json.dumps(record, indent=1))
     return folder / DONE
 
 

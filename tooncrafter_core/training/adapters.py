@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .. import files
 from ..models.attention import SpatialTransformer
 from ..weights.lora import PEFT_CONFIG
 
@@ -126,7 +127,9 @@ def save_adapter(folder: Path, unet: nn.Module, settings: LoraSettings, modules:
     """PEFT files (and the kohya copy) of the current adapter in `folder`; returns the PEFT weights file."""
     folder.mkdir(parents=True, exist_ok=True)
     state = lora_state(unet)
-    save_file({f"base_model.model.{k}": v for k, v in state.items()}, str(folder / PEFT_WEIGHTS))
+    # Each file renamed into place when complete: a LoRA loader never sees a truncated one.
+    with files.atomic_path(folder / PEFT_WEIGHTS) as partial:
+        save_file({f"base_model.model.{k}": v for k, v in state.items()}, str(partial))
     config = {
         "peft_type": "LORA",
         "r": settings.rank,
@@ -136,14 +139,15 @@ def save_adapter(folder: Path, unet: nn.Module, settings: LoraSettings, modules:
         "bias": "none",
         "use_rslora": False,
     }
-    (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=1))
+    files.write_text(folder / PEFT_CONFIG, json.dumps(config, indent=1))
     kohya = {}
     for module in modules:
         name = "lora_unet_" + module.replace(".", "_")
         kohya[f"{name}.lora_down.weight"] = state[f"{module}.lora_A.weight"]
         kohya[f"{name}.lora_up.weight"] = state[f"{module}.lora_B.weight"]
         kohya[f"{name}.alpha"] = torch.tensor(float(settings.alpha))
-    save_file(kohya, str(folder / KOHYA_WEIGHTS))
+    with files.atomic_path(folder / KOHYA_WEIGHTS) as partial:
+        save_file(kohya, str(partial))
     return folder / PEFT_WEIGHTS
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from .. import files
 from ..datasets import TrainingItem, window
 from ..keyframes import encode_keyframes
 from ..models.config import ModelConfig
@@ -198,7 +199,8 @@ class DistillTask:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.student.state_dict().items()}
-        save_file(state, str(folder / STUDENT_UNET))
+        with files.atomic_path(folder / STUDENT_UNET) as partial:
+            save_file(state, str(partial))
 
     def load(self, folder: Path) -> None:
         self.student.load_state_dict(load_file(str(folder / STUDENT_UNET)))
@@ -212,7 +214,8 @@ class DistillTask:
         for key, value in self.student.state_dict().items():
             state[UNET_PREFIX + key] = value.detach().to("cpu", unet_dtype).contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata={"tooncrafter_student": "1"})
+        with files.atomic_path(path) as partial:  # a checkpoint loader never sees a truncated file
+            save_file(state, str(partial), metadata={"tooncrafter_student": "1"})
         if config_yaml is not None:
             copy_companions(config_yaml, path)
         return path

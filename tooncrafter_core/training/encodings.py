@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import files
 from .. import frames as tc_frames
 from ..conditioning import encode_prompts, image_context, join_context, negative_image_context
 from ..datasets import TrainingItem, window, window_starts
@@ -116,7 +117,8 @@ def encode_items(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {"mean": enc.mean, "logvar": enc.logvar, "text": enc.text, "image": enc.image}
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"item": meta})
+            with files.atomic_path(path) as partial:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata={"item": meta})
         out.append(enc)
     log.info("encodings: %d computed, %d from the cache%s", computed, len(items) - computed,
              f" ({folder})" if folder is not None else "")

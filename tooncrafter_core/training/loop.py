@@ -21,6 +21,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import torch
 from torch import nn
 
+from .. import files
 from ..charts import line_chart
 
 log = logging.getLogger(__name__)
@@ -156,24 +157,25 @@ def run(
         raise ValueError(f"{out} already holds a training run: use --resume to continue it, or another --out")
     else:
         torch.manual_seed(settings.seed)  # what draws from the global generator (dropout) starts from the seed too
-    run_file.write_text(json.dumps(info, indent=1, default=str))
+    files.write_text(run_file, json.dumps(info, indent=1, default=str))
     log_path = out / "train_log.csv"
     rows = _read_log(log_path, start) if resume else []
 
     def save(step: int) -> Path:
         folder = out / "checkpoints" / f"step_{step:06d}"
-        task.save(folder)
-        torch.save(
-            {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            folder / STATE_FILE,
-        )
+        with files.atomic_path(folder) as partial:  # a killed save leaves the last complete checkpoint
+            task.save(partial)
+            torch.save(
+                {
+                    "step": step,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                partial / STATE_FILE,
+            )
         _write_log(log_path, rows)
         _plot(out, rows)
         return folder

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .. import files
 from ..models.schedule import SCHEDULE_KEYS
 from .checkpoint import (
     TEXT_PREFIX,
@@ -111,7 +111,8 @@ def copy_companions(yaml: Path, dst: Path) -> list[Path]:
             targets.append((js, dst.parent / js.name))
     for source, target in targets:
         if target.resolve() != source.resolve():
-            shutil.copyfile(source, target)
+            with files.atomic_path(target) as partial:
+                shutil.copyfile(source, partial)
             copied.append(target)
     return copied
 
@@ -161,8 +162,6 @@ def convert(
 def _save(state: dict[str, torch.Tensor], dst: Path, metadata: Optional[dict]) -> None:
     from safetensors.torch import save_file
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".partial")
     # safetensors refuses tensors that share storage, which a pickled .ckpt may hold (views, tied
     # weights): each of those is written from its own copy.
     seen, out = set(), {}
@@ -170,5 +169,5 @@ def _save(state: dict[str, torch.Tensor], dst: Path, metadata: Optional[dict]) -
         ptr = tensor.untyped_storage().data_ptr()
         out[key] = tensor.clone() if ptr in seen or not tensor.is_contiguous() else tensor
         seen.add(ptr)
-    save_file(out, str(tmp), metadata)
-    os.replace(tmp, dst)
+    with files.atomic_path(dst) as partial:  # a killed conversion leaves no truncated file under dst
+        save_file(out, str(partial), metadata)
