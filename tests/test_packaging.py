@@ -50,12 +50,18 @@ def test_a_clone_installs_the_core_library_and_the_tooncrafter_command(tmp_path)
     import subprocess
     import sys
 
+    import shutil
+
+    # A copy, as a clone is: an in-tree build leaves build/ behind in the folder it installs from.
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO, clone, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", "tests",
+                                                                   "benchmarks", "workflows"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     python, elsewhere = venv / "bin" / "python", tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[eval]"], capture_output=True, text=True,
+    install = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{clone}[eval]"], capture_output=True, text=True,
                              cwd=elsewhere, env=env)
     assert install.returncode == 0, install.stderr[-2000:]
     helped = subprocess.run([str(venv / "bin" / "tooncrafter"), "--help"], capture_output=True, text=True, cwd=elsewhere,
@@ -81,3 +87,27 @@ def test_ci_install_without_the_shared_folder_fails_in_one_line_naming_it(tmp_pa
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert f"{tmp_path / 'missing'} (comfyui/, reference/)" in run.stderr and "TOONCRAFTER_SHARED" in run.stderr
+
+
+def test_github_runs_the_same_ci_script_and_publishes_on_a_version_change():
+    import yaml
+
+    ci = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    assert set(ci[True]) == {"push", "pull_request"}  # YAML reads the key `on` as True
+    steps = ci["jobs"]["ci"]["steps"]
+    assert [s["run"] for s in steps if "run" in s][-1] == "bash .ci/run"
+    publish = yaml.safe_load((REPO / ".github" / "workflows" / "publish.yml").read_text())
+    assert publish[True]["push"]["paths"] == ["pyproject.toml"]
+    action = next(s for s in publish["jobs"]["publish"]["steps"] if "Comfy-Org/publish-node-action" in s.get("uses", ""))
+    assert action["with"]["personal_access_token"] == "${{ secrets.REGISTRY_ACCESS_TOKEN }}"
+    assert "version" in action["if"]
+    assert "REGISTRY_ACCESS_TOKEN" in (REPO / "docs" / "development.md").read_text()
+
+
+def test_the_pack_registers_no_http_routes():
+    """The pack adds no server endpoints (docs/development.md says so): nothing reaches PromptServer's routes."""
+    import re
+
+    for path in [REPO / "__init__.py", *sorted((REPO / "nodes").glob("*.py"))]:
+        text = path.read_text()
+        assert not re.search(r"PromptServer|\.routes\b|add_route|aiohttp", text), path.name

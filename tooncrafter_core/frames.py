@@ -53,15 +53,27 @@ def from_model(video: torch.Tensor) -> torch.Tensor:
     return ((video.float() + 1.0) / 2.0).clamp(0, 1)
 
 
+# Far above any keyframe (8192x8192); a header claiming more is a decompression bomb or a mistake, refused
+# before a byte is decoded.
+MAX_PIXELS = 8192 * 8192
+
+
 def load_image(path: str | Path, paper: bool = False) -> torch.Tensor:
-    """An image file -> (1 3 H W) in [0, 1]. Grayscale and 1-bit images are repeated into RGB. Alpha is
-    dropped (the colour under transparent pixels is kept, as ComfyUI's LoadImage does), or with `paper`
-    composited onto white paper (line art exported as lines on a transparent layer)."""
+    """An image file -> (1 3 H W) in [0, 1]. Grayscale, 1-bit, palette, CMYK and 16-bit images become RGB;
+    an EXIF rotation is applied (photos stored sideways come upright); an animated file gives its first
+    frame. Alpha is dropped (the colour under transparent pixels is kept, as ComfyUI's LoadImage does),
+    or with `paper` composited onto white paper (line art exported as lines on a transparent layer).
+    Anything unreadable is a ValueError naming the file."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            width, height = opened.size
+            if width * height > MAX_PIXELS or min(width, height) < 1:
+                raise ValueError(f"it is {width}x{height} pixels; this reads up to {MAX_PIXELS // 1_000_000} "
+                                 "megapixels: scale it down")
+            im = _upright(opened)
             if im.mode.startswith("I"):
                 # 16-bit grayscale (PNG opens as I;16 or I): PIL's RGB conversion clips it at 255,
                 # which turns all but the darkest pixels white.
@@ -72,9 +84,33 @@ def load_image(path: str | Path, paper: bool = False) -> torch.Tensor:
                 arr = arr[..., :3] * arr[..., 3:] + (1.0 - arr[..., 3:])
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (FileNotFoundError, UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError) as e:
+        # OSError covers missing and truncated files; PIL raises ValueError/SyntaxError on malformed chunks.
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"cannot read image {path}: {reason}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"cannot read image {path}: it holds NaN or infinite values")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None]
+
+
+# EXIF orientation -> the turn that shows the image upright (as ImageOps.exif_transpose).
+_TURNS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270",
+          7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+def _upright(opened):
+    """The image turned by its EXIF orientation. Pillow's TIFF reader reports the turned size before it
+    loads and the stored pixels after, and keeps the tag for some modes only: its raw tags decide."""
+    from PIL import Image, ImageOps
+
+    if opened.format != "TIFF":
+        return ImageOps.exif_transpose(opened)
+    tags = getattr(opened, "tag_v2", {})
+    stored, orientation = (tags.get(256), tags.get(257)), tags.get(274)
+    opened.load()
+    if orientation in _TURNS and opened.size == stored:
+        return opened.transpose(getattr(Image.Transpose, _TURNS[orientation]))
+    return opened
 
 
 def on_paper(images: torch.Tensor) -> torch.Tensor:

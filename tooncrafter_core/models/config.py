@@ -290,10 +290,23 @@ _UNSUPPORTED_UNET = {
 
 
 def from_original_yaml(path: str | Path) -> ModelConfig:
-    """Map an original-format ToonCrafter yaml (and the OpenCLIP arch json it names) onto ModelConfig."""
+    """Map an original-format ToonCrafter yaml (and the OpenCLIP arch json it names) onto ModelConfig;
+    a file that is not YAML or not laid out as the original's is a ConfigError naming the problem."""
+    path = Path(path)
+    try:
+        return _from_original_yaml(path)
+    except ConfigError:
+        raise
+    except Exception as e:  # YAML syntax, a value of the wrong type, a section that is not a mapping
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"{path}: not an original ToonCrafter config ({type(e).__name__}: {reason[:300]}); "
+                          "use the yaml that came with the checkpoint, or remove it to read the architecture "
+                          "from the weights") from None
+
+
+def _from_original_yaml(path: Path) -> ModelConfig:
     from omegaconf import OmegaConf
 
-    path = Path(path)
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     try:
         params = raw["model"]["params"]

@@ -122,15 +122,24 @@ def read_state_dict(path: str | Path, keep: Optional[Callable[[str], bool]] = No
             ) from None
         raise CheckpointError(
             f"refusing to load {path.name}: its pickle wants to run code or build objects other than "
-            f"tensors, which could be malicious. Use the .safetensors release of the model instead. ({e})"
+            f"tensors, which could be malicious. Use the .safetensors release of the model instead. ({_reason(e)})"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({e}); download it again") from e
+    except Exception as e:  # torch.load's parsers fail in many ways on a damaged file (struct.error, EOFError, ...)
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint ({_reason(e)}); download it again") from None
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
     return {k: v for k, v in obj.items() if keep is None or keep(k)}
+
+
+def _reason(error: BaseException) -> str:
+    """torch.load's explanation in one line: the unpickler's own complaint where it gives one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else type(error).__name__
 
 
 def checkpoint_shapes(path: str | Path) -> dict[str, tuple]:
