@@ -65,7 +65,7 @@ def load_image(path: str | Path, paper: bool = False) -> torch.Tensor:
     or with `paper` composited onto white paper (line art exported as lines on a transparent layer).
     Anything unreadable is a ValueError naming the file."""
     import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
