@@ -4,6 +4,7 @@ from comfy_api.latest import io
 
 from ..tooncrafter_core import frames as tc_frames
 from ..tooncrafter_core.sequences import check_trim, join_segments, segment_pairs, segment_prompts
+from ..tooncrafter_core.settings import segment_seed
 from .conditioning import condition
 from .decoder import decode_video, to_image
 from .sampler import sample_latent, sampling_inputs, step_callback
@@ -71,7 +72,7 @@ class ToonCrafterSequence(io.ComfyNode):
             for i, (a, b) in enumerate(pairs)
         ]
         latents = [
-            sample_latent(model, positive, negative, latent, seed + i, steps, cfg, eta, guidance_rescale,
+            sample_latent(model, positive, negative, latent, segment_seed(seed, i), steps, cfg, eta, guidance_rescale,
                           timestep_spacing, step_callback(model, steps * len(pairs), i * steps))
             for i, (positive, negative, latent) in enumerate(conditioned)
         ]

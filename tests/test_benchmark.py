@@ -12,7 +12,7 @@ def test_bench_interpolate_runs_with_its_flags_and_writes_its_keys(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [
         sys.executable, str(REPO / "benchmarks" / "bench_interpolate.py"), "--tiny", str(TINY), "--device", "cpu",
-        "--dtypes", "fp32,bf16", "--steps", "2", "--runs", "1", "--warmup-steps", "1", "--phase-steps", "1",
+        "--dtypes", "bf16", "--steps", "2", "--runs", "1", "--warmup-steps", "1", "--phase-steps", "1",
         "--weight-dtype", "fp8_e4m3fn", "--channels-last", "--decode-chunk", "2", "--cli", "--json", str(out),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -20,7 +20,7 @@ def test_bench_interpolate_runs_with_its_flags_and_writes_its_keys(tmp_path):
     report = json.loads(out.read_text())
     assert report["failed"] == {}
     assert report["settings"]["weight_dtype"] == "fp8_e4m3fn" and report["settings"]["channels_last"]
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("bf16",):  # fp32 runs in gpu_check.sh's dry run (test below)
         result = report["results"][dtype]
         summary = result["summary"]
         assert summary["total_s_mean"] > 0 and summary["step_ms_median"] > 0 and summary["all_finite"]

@@ -89,6 +89,8 @@ def runner(model, encoder, **kwargs) -> PipelineRunner:
 def test_keys_split_the_shot_into_segments_with_seed_plus_i():
     segments = plan_segments(9, [8, 0, 4], ColorizeOptions(seed=5))
     assert segments == [Segment(0, (0, 1, 2, 3, 4), 5), Segment(1, (4, 5, 6, 7, 8), 6)]
+    # ComfyUI's largest seed wraps for the next segment instead of overflowing the generator (the soak found it).
+    assert [s.seed for s in plan_segments(9, [0, 4, 8], ColorizeOptions(seed=2**64 - 1))] == [2**64 - 1, 0]
 
 
 @pytest.mark.parametrize(

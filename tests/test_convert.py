@@ -88,7 +88,12 @@ def test_merged_lora_checkpoint_equals_merging_at_load_time(ckpt, tmp_path):
 REPLAY_BOUNDS = {("fp16", "fp32"): 1e-4, ("fp16", "fp16"): 2e-2, ("bf16", "fp32"): 5e-2, ("bf16", "bf16"): 0.15}
 
 
-@pytest.mark.parametrize("case", reference_cases(), ids=lambda p: p.name)
+# One case per layout family (the converter treats every case of a family alike): ToonCrafter's and
+# DynamiCrafter's interpolation model, which has both families' differences (eps, plain decoder).
+CONVERTED_CASES = [c for c in reference_cases() if c.name in ("tiny-4f-64x64", "dc-interp512-8f-32x32")]
+
+
+@pytest.mark.parametrize("case", CONVERTED_CASES, ids=lambda p: p.name)
 def test_replay_of_converted_files_stays_within_bounds(case, tmp_path):
     src = tiny_checkpoint(tmp_path / "src", case=case)
     for (stored, computed), bound in REPLAY_BOUNDS.items():

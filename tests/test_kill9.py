@@ -76,21 +76,21 @@ def test_batch_killed_at_random_moments_keeps_only_whole_shots_and_resumes(tmp_p
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     for name, color in (("a.png", (200, 40, 40)), ("b.png", (40, 40, 200)), ("c.png", (40, 180, 40))):
         Image.new("RGB", (64, 64), color).save(tmp_path / name)
-    shots = [{"id": f"s{i}", "keyframes": pair, "steps": 2, "width": 64, "height": 64}
-             for i, pair in enumerate((["a.png", "b.png"], ["b.png", "c.png"]))]
+    shots = [{"id": f"s{i}", "keyframes": pair, "steps": 1, "width": 64, "height": 64}
+             for i, pair in enumerate((["a.png", "b.png"],))]
     (tmp_path / "shots.jsonl").write_text("".join(json.dumps(s) + "\n" for s in shots))
     common = ["batch", str(tmp_path / "shots.jsonl"), "--ckpt", str(ckpt), "--device", "cpu"]
     spec = {"full": _cli([*common, "--out", str(tmp_path / "ref")], tmp_path),
             "resume": _cli([*common, "--out", str(tmp_path / "out")], tmp_path),
             "check": "shots", "target": str(tmp_path / "out"), "reference": str(tmp_path / "ref"), "shots": len(shots)}
     result = _harness(tmp_path, "batch", spec, seed=3)
-    assert len(set(result["states"])) >= 2, result  # kills landed at different points of the list
+    assert {"0-done", "1-done"} <= set(result["states"]), result  # kills landed before and after the shot was written
 
 
 def test_train_lora_killed_at_random_moments_resumes_from_a_whole_checkpoint(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "ckpt")
     data = make_clips(tmp_path / "clips", clips=2)
-    common = ["train-lora", "--ckpt", str(ckpt), "--data", str(data), "--steps", "3", "--save-every", "1",
+    common = ["train-lora", "--ckpt", str(ckpt), "--data", str(data), "--steps", "2", "--save-every", "1",
               "--rank", "2", "--alpha", "2", "--height", "64", "--width", "64", "--device", "cpu", "--sample-steps", "1"]
     spec = {"full": _cli([*common, "--out", str(tmp_path / "ref")], tmp_path),
             "resume": {**_cli([*common, "--out", str(tmp_path / "out")], tmp_path),

@@ -24,7 +24,7 @@ from .errors import InputError
 from .models.tooncrafter import ToonCrafter
 from .pipeline import PreparedClip, condition_clip, render_clip
 from .sampling import StepCallback
-from .settings import RuntimeOptions, SamplingConfig
+from .settings import RuntimeOptions, SamplingConfig, segment_seed
 from .sketches import SketchGuide, luma, sketch_hint
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def plan_segments(frames: int, keys: Sequence[int], options: ColorizeOptions = C
     segments = []
     for i, (a, b) in enumerate(zip(keys, keys[1:])):
         _check_length(a, b, options.max_segment)
-        segments.append(Segment(i, tuple(range(a, b + 1)), options.seed + i))
+        segments.append(Segment(i, tuple(range(a, b + 1)), segment_seed(options.seed, i)))
     return segments
 
 
@@ -156,7 +156,8 @@ def _single_key_segments(frames: int, keys: list[int], options: ColorizeOptions)
         pieces = math.ceil(abs(end - key) / (options.max_segment - 1))
         cuts = [key + step * round(j * abs(end - key) / pieces) for j in range(pieces + 1)]
         for a, b in zip(cuts, cuts[1:]):
-            segments.append(Segment(len(segments), tuple(range(a, b + step, step)), options.seed + len(segments)))
+            segments.append(Segment(len(segments), tuple(range(a, b + step, step)),
+                                    segment_seed(options.seed, len(segments))))
     return segments
 
 

@@ -13,7 +13,7 @@ from .errors import InputError
 from .models.tooncrafter import ToonCrafter
 from .pipeline import condition_clip, render_clip
 from .sampling import StepCallback
-from .settings import RuntimeOptions, SamplingConfig
+from .settings import RuntimeOptions, SamplingConfig, segment_seed
 from .sketches import SketchGuide
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def interpolate_sequence(
         raise InputError(f"sketches guide one keyframe pair; this sequence has {len(pairs)} segments")
     clips = []
     for i, (a, b) in enumerate(pairs):
-        generator = torch.Generator("cpu").manual_seed(seed + i)
+        generator = torch.Generator("cpu").manual_seed(segment_seed(seed, i))
         pair = (keyframes[a : a + 1], keyframes[b : b + 1])
         clips.append(condition_clip(model, pair, prompts[i], sampling, options, frames, generator, sketch))
     if on_conditioned is not None:
@@ -134,6 +134,6 @@ def interpolate_sequence(
     videos = []
     for i, ((a, b), clip) in enumerate(zip(pairs, clips)):
         on_step = None if callback is None else offset_callback(callback, i * sampling.steps)
-        log.info("segment %d of %d: keyframe %d -> %d (seed %d)", i + 1, len(pairs), a + 1, b + 1, seed + i)
+        log.info("segment %d of %d: keyframe %d -> %d (seed %d)", i + 1, len(pairs), a + 1, b + 1, segment_seed(seed, i))
         videos.append(render_clip(model, clip, sampling, options, on_step))
     return join_segments(videos, loop, trim)[0]

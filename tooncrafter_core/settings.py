@@ -12,6 +12,13 @@ from .models.config import DECODE_OVERLAP, ScheduleConfig
 
 # DDIM visits a subset of the training timesteps, so it cannot take more steps than there are.
 MAX_STEPS = ScheduleConfig.timesteps
+SEEDS = 2**64  # torch generators take seeds below this; ComfyUI's seed inputs go up to SEEDS - 1
+
+
+def segment_seed(seed: int, index: int) -> int:
+    """The seed of segment `index` of a run seeded `seed`: seed + index, wrapping past the largest seed (a
+    ComfyUI seed of 2**64 - 1 gives segment 1 seed 0 instead of an overflow)."""
+    return (seed + index) % SEEDS
 
 
 @dataclass(frozen=True)
