@@ -321,9 +321,8 @@ def colorize(
         if segment.index in finished:
             out[list(segment.frames)] = finished[segment.index]
     todo = [s for s in segments if s.index not in finished]
-    if options.single_key:
+    if options.single_key:  # one conditioning, of the key, shared by every run
         (key,) = colored
-        conditioning = {s.index: None for s in todo}
         shared = runner.condition(todo[0], colored[key], colored[key]) if todo else None
     else:
         conditioning = {s.index: runner.condition(s, colored[s.first], colored[s.last]) for s in todo}
