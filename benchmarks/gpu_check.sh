@@ -36,6 +36,7 @@ if [ "$mode" = "dry-run" ]; then
     cp "$tiny/TC-Tiny.json" "$ckpt_dir/"
     nodes=(--ckpt-dir "$ckpt_dir" --ckpt tiny.safetensors --width 64 --height 64 --steps 3)
     fast_steps=4
+    cache_steps=6
     train=(python3 benchmarks/bench_train.py --device cpu --tiny --sizes 64x64 128x128 --frames 4)
 else
     out="${OUT:-benchmarks/results}"
@@ -46,6 +47,7 @@ else
     dtypes=(--dtypes fp16,bf16)
     nodes=()
     fast_steps=16
+    cache_steps=25
     train=(python3 benchmarks/bench_train.py --device cuda --sizes 320x512 --frames 16)
 fi
 mkdir -p "$out"
@@ -89,9 +91,9 @@ if [ -n "$comfy" ]; then
     nodes_run comfy_normal
     nodes_run comfy_6gib_lowvram --budget-gib 6 --lowvram
     nodes_run comfy_native_ipndm_beta_${fast_steps} --sampler ipndm --scheduler beta --steps "$fast_steps"
-    nodes_run comfy_native_easycache --sampler ipndm --scheduler beta --steps 25 --easycache 0.1
+    nodes_run comfy_native_easycache --sampler ipndm --scheduler beta --steps "$cache_steps" --easycache 0.1
     if [ "$mode" != "eager" ]; then
-        nodes_run comfy_native_torch_compile --sampler ipndm --scheduler beta --steps 25 \
+        nodes_run comfy_native_torch_compile --sampler ipndm --scheduler beta --steps "$cache_steps" \
             --torch-compile "$([ "$mode" = dry-run ] && echo eager || echo inductor)"
     fi
 fi

@@ -1,9 +1,11 @@
 """Soak test of the pack in one real ComfyUI server: N queued prompts mixing every shipped workflow (tiny
 model, random valid settings), bad inputs and Cancels at random moments. Every prompt must end in success,
 a clean error or an interruption; the server's memory and open files are recorded after each, and a fixed
-prompt run first and last must give the same frames.
+prompt run first and last must give the same frames, and the server's RSS after the last prompt must stay
+within --rss-growth MiB (default 120) of its RSS after prompt 20, and its open files within 8 of that
+prompt's. Exits 1 when any of these fails.
 
-    python benchmarks/soak_comfy.py [--prompts 200] [--seed 0] [--json OUT.json] [--plot RSS.png]
+    python benchmarks/soak_comfy.py [--prompts 200] [--seed 0] [--rss-growth 120] [--json OUT.json] [--plot RSS.png]
 
 Needs what the tests need (the pinned ComfyUI and the tiny reference model: docs/development.md).
 tests/test_comfy_soak.py runs a shorter soak with the same code.
@@ -33,6 +35,9 @@ BAD = [
     ("ToonCrafterSequence", {"trim": 9}, "would cut every in-between"),
 ]
 
+# A socket or log file may be open at the moment of a reading; more than this many is a leak.
+OPEN_FILES_SLACK = 8
+
 
 @dataclass
 class Record:
@@ -53,6 +58,9 @@ class SoakReport:
     unexpected: list = field(default_factory=list)
     rss_mib_at: dict = field(default_factory=dict)
     open_files_at: dict = field(default_factory=dict)
+    peak_rss_mib: float = 0.0
+    rss_growth_bound_mib: float = 0.0
+    within_bounds: bool = False
     same_frames_first_and_last: bool = False
     records: list = field(default_factory=list)
 
@@ -103,7 +111,7 @@ def _frames(server, entry: dict) -> list[bytes]:
     return [server.view(f) for out in entry["outputs"].values() for f in out.get("images", [])]
 
 
-def soak(server, prompts: int, seed: int = 0, on_record=None) -> SoakReport:
+def soak(server, prompts: int, seed: int = 0, on_record=None, rss_growth_mib: float = 120.0) -> SoakReport:
     from comfy_harness import ComfyError
 
     rng = random.Random(seed)
@@ -111,7 +119,7 @@ def soak(server, prompts: int, seed: int = 0, on_record=None) -> SoakReport:
     names = sorted(flows)
     fixed = _randomize(flows["tooncrafter_basic"], random.Random(12345))
     first = _frames(server, server.run(fixed, timeout=600))
-    report = SoakReport(prompts)
+    report = SoakReport(prompts, rss_growth_bound_mib=rss_growth_mib)
     for i in range(1, prompts + 1):
         name = names[(i - 1) % len(names)] if i <= len(names) else rng.choice(names)
         api = _randomize(flows[name], rng)
@@ -161,6 +169,12 @@ def soak(server, prompts: int, seed: int = 0, on_record=None) -> SoakReport:
         if at <= prompts:
             report.rss_mib_at[at] = report.records[at - 1]["rss_mib"]
             report.open_files_at[at] = report.records[at - 1]["open_files"]
+    report.peak_rss_mib = max((r["rss_mib"] for r in report.records), default=0.0)
+    # Prompt 20, not prompt 1: by then every workflow has loaded its models once, so growth means a leak.
+    base = report.records[min(20, len(report.records)) - 1] if report.records else None
+    end = report.records[-1] if report.records else None
+    report.within_bounds = base is not None and (end["rss_mib"] - base["rss_mib"] <= rss_growth_mib
+                                                 and end["open_files"] - base["open_files"] <= OPEN_FILES_SLACK)
     return report
 
 
@@ -177,6 +191,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rss-growth", type=float, default=120.0,
+                        help="most MiB the server's RSS may grow from prompt 20 to the last prompt")
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the RSS-per-prompt chart here")
     args = parser.parse_args()
@@ -193,7 +209,7 @@ def main() -> int:
     with server:
         report = soak(server, args.prompts, args.seed,
                       lambda r: log.info("%3d %-40s %-11s %6.1f s  %7.1f MiB  %3d files", r.index, r.workflow, r.outcome,
-                                         r.seconds, r.rss_mib, r.open_files))
+                                         r.seconds, r.rss_mib, r.open_files), args.rss_growth)
     summary = {k: v for k, v in asdict(report).items() if k != "records"}
     log.info("%s", json.dumps(summary, indent=1))
     if args.json:
@@ -201,7 +217,8 @@ def main() -> int:
         args.json.write_text(json.dumps(asdict(report), indent=1))
     if args.plot:
         plot(report, args.plot)
-    return 0 if not report.unexpected and report.same_frames_first_and_last else 1
+    ok = not report.unexpected and report.same_frames_first_and_last and report.within_bounds
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

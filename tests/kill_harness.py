@@ -24,6 +24,14 @@ sys.path.insert(0, str(REPO))
 import tooncrafter_core.__main__ as cli  # noqa: E402  (imported before any fork: the children share it)
 from tooncrafter_core.weights import catalog  # noqa: E402
 
+# What the writers import on first use, imported here once: otherwise every forked run pays for it
+# again (peft brings transformers), which stretches each run and so each kill window.
+for _module in ("open_clip", "peft", "torch._dynamo"):
+    try:
+        __import__(_module)
+    except ImportError:
+        pass
+
 
 def in_child(fn, *args) -> tuple[int, str]:
     """Run fn(*args) in a forked child; its exit status and what it wrote to the pipe."""

@@ -71,7 +71,7 @@ def test_gpu_check_runs_every_command_on_the_cpu_in_its_dry_run(tmp_path):
     assert native["unet_passes_warm"] == 4
     cached = json.loads((tmp_path / "dryrun_cpu_comfy_native_easycache.json").read_text())
     compiled = json.loads((tmp_path / "dryrun_cpu_comfy_native_torch_compile.json").read_text())
-    assert cached["easycache"] == 0.1 and 0 < cached["unet_passes_warm"] <= 25 and cached["finite"]
+    assert cached["easycache"] == 0.1 and cached["steps"] == 6 and 0 < cached["unet_passes_warm"] <= 6 and cached["finite"]
     assert compiled["torch_compile"] == "eager" and compiled["finite"]
     profile = json.loads((tmp_path / "dryrun_cpu_steps50.json").read_text())["results"]["fp32"]["profile"]
     shares = [o["share"] for o in profile["top_ops"]]

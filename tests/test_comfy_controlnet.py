@@ -64,7 +64,7 @@ SCRIPT = """
     drawing = torch.where((yy * 8).floor() % 2 == 0, 1.0, 0.1)[None, :, :, None].expand(1, 8 * h, 8 * w, 3).contiguous()
 
     def ksample(p, n):
-        return comfy_nodes.KSampler().sample(model, 3, 2, 2.0, "euler", "simple", p, n, latent)[0]["samples"]
+        return comfy_nodes.KSampler().sample(model, 3, 1, 2.0, "euler", "simple", p, n, latent)[0]["samples"]
 
     base = ksample(pos, neg)
     apply = comfy_nodes.ControlNetApplyAdvanced().apply_controlnet

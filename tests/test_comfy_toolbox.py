@@ -19,12 +19,13 @@ MATRIX = """
     import nodes
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     from toolbox_cases import CASES
-    from toolbox_driver import Fixture, context_windows, other_family_merge, references, run_case
+    from toolbox_driver import Fixture, context_windows, merge_reference, other_family_merge, references, run_case
     fx = Fixture(handle, folder, {tests!r})
     out = {{"cases": {{name: run_case(fx, name, case) for name, case in CASES.items()}}}}
     out["references"] = references(fx, CASES)
     out["windows"] = context_windows(fx, handle)
     out["other_family_merge"] = other_family_merge(fx)
+    out["merge_reference"] = merge_reference(fx)
     print("RESULTS " + json.dumps(out))
 """
 
@@ -98,6 +99,12 @@ def test_context_windows_sample_window_sized_batches(matrix):
 def test_context_windows_over_another_axis_are_refused(matrix):
     message = matrix["windows"]["wrong_dim"]
     assert message and message.startswith("InputError") and "dim to 2" in message, message
+
+
+def test_a_merge_patches_every_unet_weight_to_the_weighted_sum_of_the_two_models(matrix):
+    merge = matrix["merge_reference"]
+    assert merge["merged_names"] == merge["weights"] and merge["differ"] > 0, merge
+    assert merge["max_error_ulps"] <= 1.0, merge  # rounding to the stored dtype only
 
 
 def test_merging_a_model_of_another_family_is_refused(matrix):

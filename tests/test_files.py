@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -61,8 +63,37 @@ def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_visible_leftover
             partial.write_bytes(b"new but half")
             raise RuntimeError("killed")
     assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["model.safetensors"]
-    # What kill -9 leaves (no cleanup runs): a hidden partial, which clean_partials removes.
+    # What kill -9 leaves (no cleanup runs) is hidden and has no model extension.
     leftover = files.partial_name(path)
-    leftover.write_bytes(b"half")
     assert not leftover.name.endswith(".safetensors") and leftover.name.startswith(".")
-    assert files.clean_partials(tmp_path) == [leftover] and os.listdir(tmp_path) == ["model.safetensors"]
+
+
+def _gone_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_leftovers_of_killed_writers_are_tidied_and_those_of_running_ones_kept(tmp_path):
+    gone, alive = _gone_pid(), os.getppid()
+    path = tmp_path / "model.safetensors"
+    files.write_bytes(path, b"old")
+    stale = tmp_path / f".model.safetensors.partial-{gone}"
+    other_name = tmp_path / f".lora.safetensors.partial-{gone}"
+    writing = tmp_path / f".model.safetensors.partial-{alive}"
+    for leftover in (stale, other_name, writing):
+        leftover.write_bytes(b"half of gigabytes")
+    # The next write of the same name removes the dead process's partial of that name only.
+    files.write_bytes(path, b"new")
+    assert path.read_bytes() == b"new" and not stale.exists() and other_name.exists() and writing.exists()
+    # A folder moved aside whose replacement never arrived (killed between the two renames) is put back.
+    shot = tmp_path / "shot_a"
+    aside = tmp_path / f".shot_a.old-{gone}"
+    aside.mkdir()
+    (aside / "frame_000.png").write_bytes(b"png")
+    replaced = tmp_path / "shot_b"
+    replaced.mkdir()
+    (tmp_path / f".shot_b.old-{gone}").mkdir()
+    assert sorted(files.clean_partials(tmp_path)) == sorted([other_name, aside, tmp_path / f".shot_b.old-{gone}"])
+    assert (shot / "frame_000.png").read_bytes() == b"png"
+    assert sorted(os.listdir(tmp_path)) == sorted(["model.safetensors", writing.name, "shot_a", "shot_b"])

@@ -47,10 +47,9 @@ def test_a_clone_installs_the_core_library_and_the_tooncrafter_command(tmp_path)
     """`pip install "<clone>[eval]"` in a fresh virtual environment (the machine's packages visible, so
     nothing large is downloaded) gives `tooncrafter` and `import tooncrafter_core` from any folder."""
     import os
+    import shutil
     import subprocess
     import sys
-
-    import shutil
 
     # A copy, as a clone is: an in-tree build leaves build/ behind in the folder it installs from.
     clone = tmp_path / "clone"

@@ -356,6 +356,35 @@ def context_windows(fx: Fixture, handle) -> dict:
     }
 
 
+def merge_reference(fx: Fixture, ratio: float = 0.3) -> dict:
+    """ModelMergeSimple's UNet weights once loaded against ratio * model1 + (1 - ratio) * model2 computed
+    by hand from the two models' loaded weights (model2: the fixture LoRA merged in)."""
+    import comfy.model_management as mm
+
+    def loaded_weights(model) -> dict:
+        mm.unload_all_models()
+        mm.load_models_gpu([model])
+        weights = {k: v.detach().clone() for k, v in model.model.diffusion_model.state_dict().items()}
+        mm.unload_all_models()
+        return weights
+
+    model2 = fx.provide("model2")["model2"]
+    (merged,) = run_node("ModelMergeSimple", model1=fx.handle.unet, model2=model2, ratio=ratio)
+    one, two, got = loaded_weights(fx.handle.unet), loaded_weights(model2), loaded_weights(merged)
+
+    def error_in_ulps(k) -> float:
+        # ComfyUI merges in fp32 from model2's unrounded LoRA-patched weights and rounds the sum to the stored
+        # dtype (stochastically): within an ulp of the sum plus the ulp `two` was rounded by when it loaded.
+        finfo = torch.finfo(got[k].dtype)
+        expected = ratio * one[k].float() + (1 - ratio) * two[k].float()
+        ulp = finfo.eps * (expected.abs() + two[k].float().abs()) + finfo.smallest_normal * finfo.eps
+        return float(((got[k].float() - expected).abs() / ulp).max())
+
+    return {"weights": len(one), "merged_names": sum(k.startswith("diffusion_model.") for k in merged.patches),
+            "differ": sum(not torch.equal(one[k], two[k]) for k in one), "dtype": str(next(iter(got.values())).dtype),
+            "max_error_ulps": max(error_in_ulps(k) for k in one)}
+
+
 def other_family_merge(fx: Fixture) -> str:
     """ModelMergeSimple with a model2 whose UNet is not ToonCrafter's (its input conv takes 4 channels,
     and it has a DiT block): the message, or '' when the merge went through."""

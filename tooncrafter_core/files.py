@@ -3,7 +3,8 @@ a process killed at any moment leaves the old file or the new one, never a trunc
 name a reader looks for; and names from outside data that must stay inside their folder.
 
 Leftovers of a killed write are hidden (`.NAME.partial-PID`) and carry no model extension, so neither
-ComfyUI's file lists nor our readers pick them up; `clean_partials` removes them.
+ComfyUI's file lists nor our readers pick them up. The next write of the same name removes those of
+processes that are gone (a killed conversion leaves gigabytes); `clean_partials` does it for a folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-PARTIAL = re.compile(r"^\..+\.partial-\d+$")
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
 def partial_name(path: Path) -> Path:
@@ -28,6 +29,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     block ends normally (an existing folder there is replaced), removed when it raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clean(path.parent, path.name)
     temporary = partial_name(path)
     _remove(temporary)
     try:
@@ -60,13 +62,39 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def clean_partials(folder: str | Path) -> list[Path]:
-    """Remove the leftovers of killed writes directly in `folder`; returns what was removed."""
-    folder = Path(folder)
-    removed = [p for p in folder.iterdir() if PARTIAL.match(p.name) or re.match(r"^\..+\.old-\d+$", p.name)] \
-        if folder.is_dir() else []
-    for p in removed:
-        _remove(p)
-    return removed
+    """Tidy what killed writes left directly in `folder`; returns the leftovers it removed or restored."""
+    return _clean(Path(folder))
+
+
+def _clean(folder: Path, name: str | None = None) -> list[Path]:
+    """Leftovers of processes that are gone (of one entry `name`, or of all): partial writes are removed;
+    a folder moved aside (`.old`) whose replacement never arrived is put back, so the old state stays."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = LEFTOVER.match(entry.name)
+        if not match or (name is not None and match["name"] != name) or _running(int(match["pid"])):
+            continue
+        target = folder / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            os.replace(entry, target)
+        else:
+            _remove(entry)
+        found.append(entry)
+    return found
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it (atomic_path reuses its own name)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid we cannot check): leave its files alone
+    return True
 
 
 def _remove(path: Path) -> None:
