@@ -24,14 +24,6 @@ sys.path.insert(0, str(REPO))
 import tooncrafter_core.__main__ as cli  # noqa: E402  (imported before any fork: the children share it)
 from tooncrafter_core.weights import catalog  # noqa: E402
 
-# What the writers import on first use, imported here once: otherwise every forked run pays for it
-# again (peft brings transformers), which stretches each run and so each kill window.
-for _module in ("open_clip", "peft", "torch._dynamo"):
-    try:
-        __import__(_module)
-    except ImportError:
-        pass
-
 
 def in_child(fn, *args) -> tuple[int, str]:
     """Run fn(*args) in a forked child; its exit status and what it wrote to the pipe."""
@@ -95,6 +87,11 @@ def check(spec: dict) -> str:
 def main() -> int:
     workdir, writer, kills, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     spec = json.loads((workdir / "spec.json").read_text())[writer]
+    # What the writer imports on first use, imported once here: otherwise every forked run pays for it
+    # again (peft brings transformers), stretching each run and each kill window. Only what it needs:
+    # a larger parent makes every fork slower.
+    for module in spec.get("imports", []):
+        __import__(module)
     rng = random.Random(seed)
     t0 = time.monotonic()
     code, message = in_child(run_writer, spec["full"])  # one whole run: its length sets the kill window

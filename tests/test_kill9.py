@@ -82,7 +82,8 @@ def test_batch_killed_at_random_moments_keeps_only_whole_shots_and_resumes(tmp_p
     common = ["batch", str(tmp_path / "shots.jsonl"), "--ckpt", str(ckpt), "--device", "cpu"]
     spec = {"full": _cli([*common, "--out", str(tmp_path / "ref")], tmp_path),
             "resume": _cli([*common, "--out", str(tmp_path / "out")], tmp_path),
-            "check": "shots", "target": str(tmp_path / "out"), "reference": str(tmp_path / "ref"), "shots": len(shots)}
+            "check": "shots", "target": str(tmp_path / "out"), "reference": str(tmp_path / "ref"), "shots": len(shots),
+            "imports": ["open_clip", "torch._dynamo"]}
     result = _harness(tmp_path, "batch", spec, seed=3)
     assert {"0-done", "1-done"} <= set(result["states"]), result  # kills landed before and after the shot was written
 
@@ -95,6 +96,7 @@ def test_train_lora_killed_at_random_moments_resumes_from_a_whole_checkpoint(tmp
     spec = {"full": _cli([*common, "--out", str(tmp_path / "ref")], tmp_path),
             "resume": {**_cli([*common, "--out", str(tmp_path / "out")], tmp_path),
                        "resume_when": str(tmp_path / "out" / "checkpoints")},
-            "check": "training", "target": str(tmp_path / "out"), "reference": str(tmp_path / "ref")}
+            "check": "training", "target": str(tmp_path / "out"), "reference": str(tmp_path / "ref"),
+            "imports": ["open_clip", "peft", "torch._dynamo"]}
     result = _harness(tmp_path, "train", spec, seed=4)
     assert len(set(result["states"])) >= 2, result
