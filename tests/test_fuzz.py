@@ -1,5 +1,7 @@
 """Property-based fuzzing (hypothesis) of what reads outside data: image files, safetensors and .ckpt
-checkpoints, original-format yaml, shot lists, colorize keys, sketch frame numbers and the CLI's options.
+checkpoints (as files and as contents the loader builds a model from), LoRA files and PEFT folders, sketch
+encoder files, training dataset folders, original-format yaml, shot lists, colorize keys, sketch frame
+numbers and the CLI's options.
 Every example ends as a valid result or one of the errors the CLI prints as one `error: …` line (and
 ComfyUI shows), never another exception, a hang or non-finite pixels.
 
@@ -185,6 +187,60 @@ def test_safetensors_checkpoints_120_examples(tmp_path, tiny_bytes, data):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+@st.composite
+def odd_checkpoint_contents(draw, valid: dict):
+    """Well-formed files whose tensors are not the model's: keys dropped, renamed or added, a tensor of
+    another shape, rank or dtype, only one part of the model, nothing at all."""
+    state = dict(valid)
+    keys = sorted(state)
+    how = draw(st.sampled_from(["drop", "rename", "extra", "shape", "rank", "int", "vae-only", "unet-only", "empty"]))
+    key = draw(st.sampled_from(keys))
+    if how == "drop":
+        for k in draw(st.lists(st.sampled_from(keys), min_size=1, max_size=4, unique=True)):
+            del state[k]
+    elif how == "rename":
+        state[key.replace(".", "_", 1)] = state.pop(key)
+    elif how == "extra":
+        state["model.diffusion_model.extra.weight"] = torch.zeros(3)
+    elif how == "shape":
+        shape = draw(st.lists(st.integers(0, 9), min_size=0, max_size=4))
+        state[key] = torch.zeros(shape)
+    elif how == "rank":
+        state[key] = state[key].flatten() if state[key].ndim > 1 else state[key][None, None]
+    elif how == "int":
+        state[key] = state[key].to(torch.int64)
+    elif how in ("vae-only", "unet-only"):
+        prefix = "first_stage_model." if how == "vae-only" else "model.diffusion_model."
+        state = {k: v for k, v in state.items() if k.startswith(prefix)}
+    else:
+        state = {}
+    return state
+
+
+@pytest.fixture(scope="module")
+def tiny_state(tiny_bytes) -> dict:
+    from safetensors.torch import load
+
+    return load(tiny_bytes)
+
+
+@examples(40)
+@given(data=st.data())
+def test_checkpoint_contents_40_examples(tmp_path, tiny_state, data):
+    from safetensors.torch import save_file
+
+    from tooncrafter_core.weights.checkpoint import load_model
+
+    path = tmp_path / "model.safetensors"
+    save_file(data.draw(odd_checkpoint_contents(tiny_state)), str(path))
+    try:
+        model = load_model(path, dtype=torch.float32)
+    except USER_ERRORS as e:
+        one_line(e)
+        return
+    assert all(torch.isfinite(p).all() for p in model.unet.parameters())
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned > /tmp/tooncrafter_fuzz_pwned",))
@@ -336,3 +392,201 @@ def test_cli_options_60_examples(tmp_path, verb, data, capsys):
         return
     assert code == 2  # nothing here can run: a missing file, checkpoint or a bad value, named in one line
     assert "Traceback" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA and sketch-encoder files
+
+
+@pytest.fixture(scope="module")
+def lora_setup(tmp_path_factory):
+    """The tiny UNet's adaptable shapes, and a valid kohya file and PEFT folder for it (bytes)."""
+    from helpers import TINY, random_lora, save_kohya_lora, save_peft_lora
+    from safetensors.torch import load_file
+
+    from tooncrafter_core.weights.lora import adaptable_shapes
+
+    prefix = "model.diffusion_model."
+    unet = {k[len(prefix):]: v for k, v in load_file(str(TINY / "model.safetensors")).items() if k.startswith(prefix)}
+    factors = dict(list(random_lora(unet, rank=2).items())[:3])  # three layers keep every example quick
+    root = tmp_path_factory.mktemp("loras")
+    kohya = save_kohya_lora(root / "kohya.safetensors", factors, 4.0).read_bytes()
+    peft = save_peft_lora(root / "peft", factors, 4.0)
+    return {"targets": adaptable_shapes(unet), "kohya": kohya, "peft": peft.read_bytes(),
+            "peft_config": (peft.parent / "adapter_config.json").read_text()}
+
+
+ODD_TENSORS = {
+    "rank0": lambda t: t[:0] if t.ndim else t, "1d": lambda t: t.flatten(), "0d": lambda t: t.sum(),
+    "int": lambda t: t.to(torch.int32), "nan": lambda t: t * float("nan"), "inf": lambda t: t / 0.0,
+    "huge": lambda t: t * 1e30, "transposed": lambda t: t.T if t.ndim == 2 else t, "wide": lambda t: t.repeat(2, 1),
+}
+ODD_CONFIG = [
+    "{", "[1, 2]", "null", b"\xff\xfe{}", '{"r": "x", "lora_alpha": 4}', '{"r": 2, "lora_alpha": "four"}',
+    '{"r": 0, "lora_alpha": 4}', '{"r": 2, "lora_alpha": null}', '{"r": 2, "lora_alpha": true}',
+    '{"r": 2, "lora_alpha": 4, "rank_pattern": [1]}', '{"r": 2, "lora_alpha": 4, "alpha_pattern": {"attn2": "x"}}',
+    '{"r": 2, "lora_alpha": 1e309}', '{"r": 2, "lora_alpha": 4, "use_dora": true}', '{"r": 2, "lora_alpha": 4}',
+]
+
+
+@st.composite
+def lora_files(draw, setup):
+    """A kohya file or a PEFT folder (weights + adapter_config.json), damaged as bytes, with a tensor made
+    odd (no rank, wrong rank, wrong dims, integers, NaN/inf, huge), a half or alpha dropped or renamed,
+    or the PEFT config broken."""
+    from safetensors.torch import load, save
+
+    peft = draw(st.booleans())
+    blob = setup["peft"] if peft else setup["kohya"]
+    config = setup["peft_config"] if peft else None
+    how = draw(st.sampled_from(["bytes", "tensor", "alpha", "drop", "rename", "config", "ok"]))
+    if how == "bytes":
+        blob = draw(damaged_safetensors(blob))
+    elif how in ("tensor", "alpha", "drop", "rename"):
+        tensors = load(blob)
+        keys = sorted(tensors)
+        if how == "alpha":
+            keys = [k for k in keys if k.endswith(".alpha")] or keys
+        key = draw(st.sampled_from(keys))
+        if how == "drop":
+            del tensors[key]
+        elif how == "rename":
+            tensors[key.replace("attn2", "attn9")] = tensors.pop(key)
+        elif how == "alpha" and key.endswith(".alpha"):
+            tensors[key] = draw(st.sampled_from([torch.tensor([1.0, 2.0]), torch.tensor(float("nan")), torch.tensor(0.0),
+                                                 torch.tensor(-3.0), torch.tensor(1e38), torch.tensor(7)]))
+        else:
+            tensors[key] = ODD_TENSORS[draw(st.sampled_from(sorted(ODD_TENSORS)))](tensors[key]).contiguous()
+        blob = save(tensors)
+    elif how == "config" and peft:
+        config = draw(st.sampled_from(ODD_CONFIG))
+    return peft, blob, config
+
+
+@examples(150)
+@given(data=st.data())
+def test_lora_files_150_examples(tmp_path, lora_setup, data):
+    from tooncrafter_core.weights.lora import LoraError, load_lora, merged_weight
+
+    peft, blob, config = data.draw(lora_files(lora_setup))
+    if peft:
+        path = tmp_path / "adapter"
+        path.mkdir(exist_ok=True)
+        (path / "adapter_model.safetensors").write_bytes(blob)
+        (path / "adapter_config.json").write_bytes(config.encode() if isinstance(config, str) else config)
+    else:
+        path = tmp_path / "lora.safetensors"
+        path.write_bytes(blob)
+    try:
+        lora = load_lora(path, lora_setup["targets"])
+    except LoraError as e:  # a LoRA's problems are LoraErrors: they name the file
+        one_line(e)
+        return
+    assert lora.layers
+    for key in lora.layers:  # what was accepted merges into finite weights, or is refused naming the weight
+        for dtype in (torch.float32, torch.float16):
+            try:
+                merged = merged_weight(torch.zeros(lora_setup["targets"][key], dtype=dtype), key, [(lora, 1.0)])
+            except LoraError as e:
+                one_line(e)
+                assert key in str(e) and lora.name in str(e)
+                continue
+            assert torch.isfinite(merged).all(), key
+
+
+@pytest.fixture(scope="module")
+def sketch_bytes(tmp_path_factory) -> bytes:
+    from helpers import tiny_sketch_encoder
+
+    return tiny_sketch_encoder(tmp_path_factory.mktemp("sketch") / "sketch.safetensors").read_bytes()
+
+
+@examples(80)
+@given(data=st.data())
+def test_sketch_encoder_files_80_examples(tmp_path, sketch_bytes, data):
+    from tooncrafter_core.weights.sketch_encoder import load_sketch_encoder
+
+    from safetensors.torch import load, save
+
+    path = tmp_path / "sketch.safetensors"
+    if data.draw(st.booleans()):
+        path.write_bytes(data.draw(damaged_safetensors(sketch_bytes)))
+    else:  # a well-formed file holding the wrong tensors: what the architecture is read from
+        path.write_bytes(save(data.draw(odd_checkpoint_contents(load(sketch_bytes)))))
+    try:
+        encoder = load_sketch_encoder(path)
+    except USER_ERRORS as e:
+        one_line(e)
+        return
+    assert sum(p.numel() for p in encoder.parameters()) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Training datasets: folders as artists export them
+
+
+@st.composite
+def dataset_trees(draw, root: Path):
+    """A --data folder: clip and triplet folders (or frames straight in it), holding images valid and
+    broken (any of image_files), frames of two sizes, stray files, nested folders and prompt.txt bytes."""
+    import shutil
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    flat = draw(st.integers(0, 5)) == 0
+    folders = [root] if flat else [root / (draw(st.sampled_from(["clip_a", "clip b", "tri", "é", "x.png"])) + str(i))
+                                   for i in range(draw(st.integers(0, 4)))]
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        triplet = draw(st.booleans())
+        names = (draw(st.lists(st.sampled_from(["frame1", "frame2", "frame3"]), max_size=3, unique=True)) if triplet
+                 else [f"{i:03d}" for i in range(draw(st.integers(0, 4)))])
+        size = draw(st.sampled_from([(8, 8), (8, 8), (16, 8)]))
+        for name in names:
+            if draw(st.integers(0, 3)) == 0:
+                blob, suffix, _ = draw(image_files())
+                suffix = suffix if suffix in (".png", ".jpg", ".webp") else ".png"
+            else:
+                buffer = io.BytesIO()
+                Image.new("RGB", draw(st.sampled_from([size, size, size, (size[0] + 8, size[1])]))).save(buffer, "PNG")
+                blob, suffix = buffer.getvalue(), draw(st.sampled_from([".png", ".PNG"]))
+            (folder / f"{name}{suffix}").write_bytes(blob)
+        if draw(st.booleans()):
+            (folder / "prompt.txt").write_bytes(draw(st.sampled_from([b"a cat", b"", b"\xff\xfe bad", b"\x00" * 3,
+                                                                      "ü 猫".encode()])))
+        if draw(st.integers(0, 3)) == 0:
+            (folder / draw(st.sampled_from(["notes.txt", "Thumbs.db", ".DS_Store"]))).write_bytes(b"\x00\x01")
+        if draw(st.integers(0, 4)) == 0:
+            (folder / "nested").mkdir()
+    return root
+
+
+@examples(100)
+@given(data=st.data())
+def test_training_datasets_100_examples(tmp_path, data):
+    from tooncrafter_core.datasets import DatasetError, find_training_items, window, window_starts
+
+    root = data.draw(dataset_trees(tmp_path / "data"))
+    try:
+        items = find_training_items(root)
+    except DatasetError as e:
+        # One line, or a count and then one indented line per problem, each naming a file or folder.
+        head, *problems = str(e).split("\n")
+        assert "Traceback" not in str(e) and head
+        if problems:
+            assert head.startswith(f"{len(problems)} problem(s) in {root}"), str(e)
+            assert all(p.startswith(f"  {root}") or p.startswith("  ") and ":" in p for p in problems), str(e)
+        return
+    assert items
+    for item in items:
+        assert isinstance(item.prompt, str) and len(item.frames) >= (3 if item.kind == "triplet" else 2)
+        sizes = set()
+        for path in item.frames:
+            with Image.open(path) as im:
+                sizes.add(im.size)
+        assert len(sizes) == 1, item
+        for frames_ in (2, 5, 16):
+            for start in range(window_starts(item, frames_)):
+                indices, positions = window(item, frames_, start)
+                assert len(indices) == len(positions) and all(0 <= i < len(item.frames) for i in indices)
+                assert all(0 <= p < frames_ for p in positions)

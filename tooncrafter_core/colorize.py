@@ -155,6 +155,10 @@ def _single_key_segments(frames: int, keys: list[int], options: ColorizeOptions)
         step = 1 if end > key else -1
         pieces = math.ceil(abs(end - key) / (options.max_segment - 1))
         cuts = [key + step * round(j * abs(end - key) / pieces) for j in range(pieces + 1)]
+        if any(abs(b - a) + 1 < MIN_SEGMENT for a, b in zip(cuts, cuts[1:])):  # an odd distance with runs of 3
+            raise InputError(f"single_key: the {abs(end - key)} frames from the key at frame {key} to frame {end} cannot "
+                             f"be split into runs of {MIN_SEGMENT} to {options.max_segment} frames: raise max_segment "
+                             f"to {MIN_SEGMENT + 1} or more")
         for a, b in zip(cuts, cuts[1:]):
             segments.append(Segment(len(segments), tuple(range(a, b + step, step)),
                                     segment_seed(options.seed, len(segments))))

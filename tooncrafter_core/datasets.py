@@ -92,7 +92,13 @@ def _images(folder: Path) -> list[Path]:
 
 def _item(folder: Path, default_prompt: str, problems: list[str]) -> Optional[TrainingItem]:
     prompt_file = folder / PROMPT_FILE
-    prompt = prompt_file.read_text().strip() if prompt_file.is_file() else default_prompt
+    prompt = default_prompt
+    if prompt_file.is_file():
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError:
+            problems.append(f"{prompt_file}: not UTF-8 text; save the prompt as UTF-8")
+            return None
     triplet = frame_files(folder)
     if triplet:
         missing = [stem for stem in FRAME_NAMES if stem not in triplet]

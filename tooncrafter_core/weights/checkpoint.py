@@ -532,7 +532,6 @@ def load_model(
         state = read_state_dict(path)
         shapes = {k: tuple(v.shape) for k, v in state.items()}
         check_is_tooncrafter(shapes, path.name)
-    config = config or config_for(path, shapes, {k: state[k] for k in SCHEDULE_KEYS if k in state})
     has_text = any(k.startswith(TEXT_PREFIX) for k in shapes)
     has_vision = any(k.startswith(VISION_PREFIX + "model.visual.") for k in shapes)
     # Only the UNet takes the storage dtype: it holds 1.44 B of the 2.57 B parameters and stays
@@ -540,10 +539,20 @@ def load_model(
     # offload them) and the VAE is 0.1 B. The encoders and the Resampler also set the conditioning
     # every step depends on, so they keep full precision.
     unet_operations = CastWeights if unet_weight_dtype is not None and operations is Default else operations
-    with torch.device("meta"):
-        model = ToonCrafter(
-            config, text_encoder=has_text, image_encoder=has_vision, operations=operations, unet_operations=unet_operations
-        )
+    try:  # the architecture is read from the file's names and shapes: any that describe none end here, named
+        config = config or config_for(path, shapes, {k: state[k] for k in SCHEDULE_KEYS if k in state})
+        with torch.device("meta"):
+            model = ToonCrafter(
+                config, text_encoder=has_text, image_encoder=has_vision, operations=operations, unet_operations=unet_operations
+            )
+    except (CheckpointError, ConfigError):
+        raise
+    except (KeyError, IndexError, StopIteration, ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
+        detail = str(e).splitlines()[0] if str(e) else "no detail"
+        raise CheckpointError(
+            f"{path.name}: its tensors' names and shapes describe no ToonCrafter or DynamiCrafter architecture "
+            f"({type(e).__name__}: {detail}); the file is damaged or another model's: download or convert it again"
+        ) from None
     if defer_unet:
         expected = {k for k in model.state_dict() if _is_unet(k)}
         missing = [k for k in expected if k not in shapes]

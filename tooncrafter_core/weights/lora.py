@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, read_state_dict
+from .safetensors_file import SafetensorsError
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +125,65 @@ def _weights_file(path: Path) -> Path:
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return read_state_dict(path)
-    except CheckpointError as e:
+    except (CheckpointError, SafetensorsError) as e:
         raise LoraError(f"LoRA {path.name}: {e}") from None
 
 
 def _peft_config(weights: Path) -> Optional[dict]:
-    config = weights.parent / PEFT_CONFIG
-    if not config.is_file():
+    path = weights.parent / PEFT_CONFIG
+    if not path.is_file():
         return None
     try:
-        return json.loads(config.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LoraError(f"cannot read {config}: {e}") from None
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8, or not JSON
+        raise LoraError(f"cannot read {path}: {e}; put back the {PEFT_CONFIG} PEFT saved with the adapter") from None
+    problems = _config_problems(config)
+    if problems:
+        raise LoraError(f"{path} is not a usable PEFT LoRA config: {'; '.join(problems)}; "
+                        f"put back the {PEFT_CONFIG} PEFT saved with the adapter")
+    return config
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _config_problems(config) -> list[str]:
+    """What in a PEFT config the scale is computed from cannot be used (each named)."""
+    if not isinstance(config, dict):
+        return [f"it holds a JSON {type(config).__name__}, not an object"]
+    problems = []
+    for key in ("r", "lora_alpha"):
+        if key in config and not (_number(config[key]) and config[key] > 0):
+            problems.append(f"{key} is {config[key]!r}, not a positive number")
+    for key in ("rank_pattern", "alpha_pattern"):
+        patterns = config.get(key) or {}
+        if not isinstance(patterns, dict):
+            problems.append(f"{key} is {patterns!r}, not an object of module patterns")
+            continue
+        for pattern, value in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error:
+                problems.append(f"{key} pattern {pattern!r} is not a regular expression")
+            if not (_number(value) and value > 0):
+                problems.append(f"{key}[{pattern!r}] is {value!r}, not a positive number")
+    return problems
+
+
+def _factor_problem(module: str, shape: torch.Size, up: torch.Tensor, down: torch.Tensor,
+                    alpha: Optional[torch.Tensor]) -> Optional[str]:
+    """Why one layer's B (up), A (down) and alpha cannot update a weight of `shape`, or None."""
+    if not (up.is_floating_point() and down.is_floating_point()):
+        return f"{module}: B and A are {up.dtype} and {down.dtype} tensors, not floating point"
+    if (up.ndim < 2 or down.ndim < 2 or down.shape[0] == 0 or up.shape[1] != down.shape[0] or up.shape[0] != shape[0]
+            or down[0].numel() != shape[1:].numel()):
+        return f"{module}: the weight is {tuple(shape)}, the LoRA's B and A are {tuple(up.shape)} and {tuple(down.shape)}"
+    if not (torch.isfinite(up).all() and torch.isfinite(down).all()):
+        return f"{module}: B or A holds NaN or infinite values (a damaged file, or a training run that diverged)"
+    if alpha is not None and not (alpha.numel() == 1 and torch.isfinite(alpha).all()):
+        return f"{module}: alpha is {alpha.tolist() if alpha.numel() <= 4 else tuple(alpha.shape)}, not one finite number"
+    return None
 
 
 def _module_path(name: str, kohya_names: Mapping[str, str]) -> str:
@@ -219,14 +267,11 @@ def load_lora(path: str | Path, targets: Mapping[str, torch.Size]) -> Lora:
             problems.append(f"{module} has no {' and no '.join(missing)} matrix")
             continue
         up, down = found["up"], found["down"]
-        shape = targets[module + ".weight"]
-        rank = down.shape[0]
-        if up.ndim < 2 or up.shape[1] != rank or up.shape[0] != shape[0] or down[0].numel() != shape[1:].numel():
-            problems.append(
-                f"{module}: the weight is {tuple(shape)}, the LoRA's B and A are {tuple(up.shape)} and {tuple(down.shape)}"
-            )
+        problem = _factor_problem(module, targets[module + ".weight"], up, down, found.get("alpha"))
+        if problem:
+            problems.append(problem)
             continue
-        layers[module + ".weight"] = LoraLayer(up, down, _scale(module, rank, found.get("alpha"), config))
+        layers[module + ".weight"] = LoraLayer(up, down, _scale(module, down.shape[0], found.get("alpha"), config))
     if problems:
         raise LoraError(f"LoRA {name} does not fit this model ({len(problems)} layers): {_show(problems, 6)}")
     log.info("LoRA %s: %d layers", name, len(layers))
@@ -260,7 +305,12 @@ def merged_weight(
         layer = lora.layers.get(key)
         if layer is not None and strength != 0:
             w = w + strength * layer.delta(weight.shape, weight.device)
-    return w.to(dtype or weight.dtype)
+    out = w.to(dtype or weight.dtype)
+    if not torch.isfinite(out).all():  # later every frame would be NaN: say which LoRA and weight now
+        names = ", ".join(f"{lora.name} at {strength}" for lora, strength in loras if key in lora.layers)
+        raise LoraError(f"merging LoRA {names} makes {key} non-finite in {out.dtype} (its update is too large): "
+                        "lower the strength, or use a LoRA trained for this model")
+    return out
 
 
 def _active_keys(loras: Sequence[tuple[Lora, float]]) -> list[str]:

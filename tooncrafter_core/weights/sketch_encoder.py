@@ -61,15 +61,28 @@ def load_sketch_encoder(
             f"{path.name} is not a ToonCrafter sketch encoder (no input_hint_block); use sketch_encoder.ckpt "
             "from Doubiiu/ToonCrafter or sketch_encoder-fp16.safetensors from Kijai/DynamiCrafter_pruned"
         )
-    config = config or infer_config({k: tuple(v.shape) for k, v in state.items()})
-    with torch.device("meta"):
-        encoder = SketchEncoder(config, operations=operations)
+    try:  # the names and shapes come from the file: any that describe no encoder end here, named
+        config = config or infer_config({k: tuple(v.shape) for k, v in state.items()})
+        with torch.device("meta"):
+            encoder = SketchEncoder(config, operations=operations)
+    except (KeyError, IndexError, StopIteration, ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path.name} has an input_hint_block but its other weights describe no sketch encoder ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); use the released sketch_encoder.ckpt or "
+            "sketch_encoder-fp16.safetensors, or a conversion of them"
+        ) from None
     check_keys(
         encoder.state_dict(), state, path.name, "the sketch encoder",
         "use the released sketch_encoder.ckpt / sketch_encoder-fp16.safetensors or a conversion of them",
     )
+    integer = [k for k, v in state.items() if not v.is_floating_point()]
+    if integer:
+        raise CheckpointError(
+            f"{path.name}: {len(integer)} of its tensors are not floating point ({', '.join(integer[:4])}); a sketch "
+            "encoder's weights all are: use the released sketch encoder file or a conversion of it"
+        )
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state = {k: v.to(dtype) for k, v in state.items()}
     encoder.load_state_dict(state, strict=True, assign=True)
     encoder.requires_grad_(False).eval()
     log.info("loaded sketch encoder %s (%s)", path.name, next(encoder.parameters()).dtype)
