@@ -504,9 +504,9 @@ def sketch_bytes(tmp_path_factory) -> bytes:
 @examples(80)
 @given(data=st.data())
 def test_sketch_encoder_files_80_examples(tmp_path, sketch_bytes, data):
-    from tooncrafter_core.weights.sketch_encoder import load_sketch_encoder
-
     from safetensors.torch import load, save
+
+    from tooncrafter_core.weights.sketch_encoder import load_sketch_encoder
 
     path = tmp_path / "sketch.safetensors"
     if data.draw(st.booleans()):
