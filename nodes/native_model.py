@@ -280,7 +280,7 @@ class ToonCrafterPatcher(comfy.model_patcher.ModelPatcher):
             del self.model.state_dict
 
     def _weight_shapes(self, *args, **kwargs) -> dict:
-        if not hasattr(self, "_shapes"):
+        if not hasattr(self, "_shapes"):  # the class's state_dict: add_patches has the instance's replaced
             self._shapes = {k: tuple(v.shape) for k, v in type(self.model).state_dict(self.model).items()}
         return self._shapes
 

@@ -141,6 +141,17 @@ def test_wrong_shape_is_named(tmp_path):
         load_model(path, config=from_original_yaml(TINY / "config.yaml"))
 
 
+def test_integer_tensors_are_named_when_the_files_dtype_is_kept(tmp_path):
+    """With no dtype asked for, a load keeps the file's: an integer weight must be named, not reach
+    load_state_dict (which raises from deep inside torch)."""
+    state = _tiny_state()
+    state["model.diffusion_model.out.2.bias"] = state["model.diffusion_model.out.2.bias"].to(torch.int64)
+    path = tmp_path / "ints.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(CheckpointError, match=r"1 of its tensors are not floating point \(model\.diffusion_model\.out\.2\.bias\)"):
+        load_model(path, config=from_original_yaml(TINY / "config.yaml"))
+
+
 def test_unreadable_and_missing_files_get_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         read_state_dict(tmp_path / "nope.safetensors")

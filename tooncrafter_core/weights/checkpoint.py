@@ -422,6 +422,16 @@ def _mismatch_message(name: str, missing: list[str], unexpected: list[str], what
     return "; ".join(parts)
 
 
+# What reading an architecture from a file's names and shapes, and building it, raise when they describe none.
+SHAPE_ERRORS = (KeyError, IndexError, StopIteration, ValueError, TypeError, ZeroDivisionError, RuntimeError)
+
+
+def one_line(error: BaseException) -> str:
+    """`Type: first line` of an exception, to quote inside a one-line message."""
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
 def check_keys(
     expected: Mapping[str, torch.Tensor],
     state: Mapping[str, torch.Tensor],
@@ -429,7 +439,8 @@ def check_keys(
     what: str = "the ToonCrafter architecture",
     hint: str = _TOONCRAFTER_HINT,
 ) -> None:
-    """CheckpointError unless `state` has exactly the keys of `expected`, each of its shape."""
+    """CheckpointError unless `state` has exactly the keys of `expected`, each of its shape, and floating-point
+    tensors where `expected` has them (loading keeps a file's dtype when no dtype is asked for)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -439,6 +450,12 @@ def check_keys(
     ]
     if wrong:
         raise CheckpointError(f"{name}: tensors of the wrong shape: {', '.join(wrong[:12])}")
+    integer = [k for k, v in expected.items() if v.is_floating_point() and not state[k].is_floating_point()]
+    if integer:
+        raise CheckpointError(
+            f"{name}: {len(integer)} of its tensors are not floating point ({', '.join(integer[:4])}) where {what} has "
+            f"floating-point weights: the file is damaged or not this model's; {hint}"
+        )
 
 
 def unet_matrix_keys(model: ToonCrafter) -> set[str]:
@@ -547,11 +564,10 @@ def load_model(
             )
     except (CheckpointError, ConfigError):
         raise
-    except (KeyError, IndexError, StopIteration, ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
-        detail = str(e).splitlines()[0] if str(e) else "no detail"
+    except SHAPE_ERRORS as e:
         raise CheckpointError(
             f"{path.name}: its tensors' names and shapes describe no ToonCrafter or DynamiCrafter architecture "
-            f"({type(e).__name__}: {detail}); the file is damaged or another model's: download or convert it again"
+            f"({one_line(e)}); the file is damaged or another model's: download or convert it again"
         ) from None
     if defer_unet:
         expected = {k for k in model.state_dict() if _is_unet(k)}

@@ -11,7 +11,7 @@ import torch
 
 from ..models.ops import Default
 from ..models.sketch_encoder import SketchEncoder, SketchEncoderConfig
-from .checkpoint import CheckpointError, check_keys, read_state_dict
+from .checkpoint import SHAPE_ERRORS, CheckpointError, check_keys, one_line, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +65,17 @@ def load_sketch_encoder(
         config = config or infer_config({k: tuple(v.shape) for k, v in state.items()})
         with torch.device("meta"):
             encoder = SketchEncoder(config, operations=operations)
-    except (KeyError, IndexError, StopIteration, ValueError, TypeError, ZeroDivisionError, RuntimeError) as e:
+    except SHAPE_ERRORS as e:
         raise CheckpointError(
-            f"{path.name} has an input_hint_block but its other weights describe no sketch encoder ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'no detail'}); use the released sketch_encoder.ckpt or "
-            "sketch_encoder-fp16.safetensors, or a conversion of them"
+            f"{path.name} has an input_hint_block but its other weights describe no sketch encoder ({one_line(e)}); "
+            "use the released sketch_encoder.ckpt or sketch_encoder-fp16.safetensors, or a conversion of them"
         ) from None
     check_keys(
         encoder.state_dict(), state, path.name, "the sketch encoder",
         "use the released sketch_encoder.ckpt / sketch_encoder-fp16.safetensors or a conversion of them",
     )
-    integer = [k for k, v in state.items() if not v.is_floating_point()]
-    if integer:
-        raise CheckpointError(
-            f"{path.name}: {len(integer)} of its tensors are not floating point ({', '.join(integer[:4])}); a sketch "
-            "encoder's weights all are: use the released sketch encoder file or a conversion of it"
-        )
     if dtype is not None:
-        state = {k: v.to(dtype) for k, v in state.items()}
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     encoder.load_state_dict(state, strict=True, assign=True)
     encoder.requires_grad_(False).eval()
     log.info("loaded sketch encoder %s (%s)", path.name, next(encoder.parameters()).dtype)
